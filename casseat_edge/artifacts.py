@@ -1,0 +1,188 @@
+"""Artifact directories, manifests and crash-safe writes.
+
+Every stage writes its outputs into a directory with a `casseat.json` manifest (kind, resolved
+config, package versions, input hashes, sizes, metrics); the next stage reads it instead of asking
+again. Files are written atomically (temp file + rename) and JSONL outputs are appended one flushed
+line at a time, so a killed job leaves nothing half-written and can resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from casseat_edge import __version__
+from casseat_edge.errors import CasseatError, DataError
+
+MANIFEST = "casseat.json"
+TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "gguf", "llama_cpp_python", "pillow")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success it is renamed over `path` (same filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+class JsonlAppender:
+    """Append-only JSONL writer: one line per record, flushed and fsynced, for resumable jobs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_torn_tail(self.path)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """A job killed mid-write can leave a last line without its newline: cut it off."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    with open(path, "r+b") as fh:
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def parse_json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line -> object, or a `DataError` naming `where` (usually `file:line`)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: malformed JSON ({exc.msg}); fix or remove the line") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-empty line; a malformed line is a `DataError`."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                yield lineno, parse_json_object(line, f"{path}:{lineno}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def dir_size(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"casseat-edge": __version__, "python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def write_manifest(
+    out_dir: str | Path,
+    kind: str,
+    config: dict[str, Any],
+    inputs: dict[str, str] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write `casseat.json` in `out_dir` and return it."""
+    manifest = {
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        "versions": package_versions(),
+        "inputs": inputs or {},
+        **extra,
+    }
+    write_json_atomic(Path(out_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Read the manifest of an artifact directory; `kind` checks what the directory holds."""
+    file = Path(path) / MANIFEST if Path(path).is_dir() else Path(path)
+    try:
+        manifest = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CasseatError(f"{file}: no manifest; is {path} a casseat-edge artifact directory?") from None
+    except json.JSONDecodeError as exc:
+        raise CasseatError(f"{file}: malformed manifest ({exc.msg}); re-create the artifact") from None
+    if kind is not None and manifest.get("kind") != kind:
+        raise CasseatError(f"{path}: expected a {kind!r} artifact, found {manifest.get('kind')!r}")
+    return manifest
+
+
+def prepare_out_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Create an empty output directory; an existing non-empty one needs `overwrite`."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise CasseatError(
+                f"{path} already exists and is not empty; delete it, pass --overwrite, "
+                "or choose another --out"
+            )
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

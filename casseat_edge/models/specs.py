@@ -1,0 +1,161 @@
+"""Model specs, accepted wherever a model is asked for:
+
+- a path: an HF model directory, a `.gguf` file (its `mmproj-*.gguf` sibling found
+  automatically) or an export directory with `casseat.json`;
+- `embedded:smollm2-135m-instruct`: the real SmolLM2 packaged in a PyPI wheel (offline default);
+- `tiny:<arch>[@seed]`: a seeded random model of a real architecture, built once and cached.
+
+    ref = resolve_model("tiny:smolvlm")
+    loaded = load_model(ref)            # transformers model + processor, eval mode
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from casseat_edge.artifacts import MANIFEST
+from casseat_edge.errors import ModelSpecError
+from casseat_edge.models.archs import ArchSpec, arch_for_config
+from casseat_edge.models.embedded import EMBEDDED, embedded_gguf, embedded_hf_dir, embedded_tokenizer_dir
+from casseat_edge.models.store import casseat_home, materialize
+from casseat_edge.registry import ARCHS
+
+DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """A resolved model spec: where its files are and what architecture it is."""
+
+    spec: str
+    kind: str  # hf | gguf | export | embedded | tiny
+    path: Path  # HF directory, .gguf file or export directory
+    arch: type[ArchSpec] | None
+    gguf: Path | None = None
+    mmproj: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "path": str(self.path),
+            "architecture": self.arch.architecture if self.arch else None,
+            "gguf": str(self.gguf) if self.gguf else None,
+            "mmproj": str(self.mmproj) if self.mmproj else None,
+        }
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A transformers model with its processor (or tokenizer for text-only models)."""
+
+    model: Any
+    processor: Any
+    arch: type[ArchSpec]
+    ref: ModelRef
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+
+def tiny_names() -> dict[str, type[ArchSpec]]:
+    return {e.tiny_name: e for _, e in ARCHS.items() if e.tiny_name}
+
+
+def resolve_model(spec: str | Path) -> ModelRef:
+    text = str(spec)
+    if text.startswith("embedded:"):
+        return _resolve_embedded(text)
+    if text.startswith("tiny:"):
+        return _resolve_tiny(text)
+    return _resolve_path(text)
+
+
+def _resolve_embedded(spec: str) -> ModelRef:
+    name = spec.split(":", 1)[1]
+    if name not in EMBEDDED:
+        raise ModelSpecError(f"unknown model spec {spec!r}; embedded models: "
+                             + ", ".join("embedded:" + n for n in EMBEDDED))
+    hf_dir = embedded_hf_dir(name)
+    return ModelRef(spec, "embedded", hf_dir, ARCHS.get("LlamaForCausalLM"), gguf=embedded_gguf(name))
+
+
+def _resolve_tiny(spec: str) -> ModelRef:
+    name, _, seed_text = spec.split(":", 1)[1].partition("@")
+    tinies = tiny_names()
+    if name not in tinies:
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}; tiny models: {', '.join('tiny:' + n for n in sorted(tinies))}"
+        )
+    if seed_text and not seed_text.isdigit():
+        raise ModelSpecError(f"model spec {spec!r}: the seed after '@' must be an integer")
+    seed = int(seed_text or 0)
+    arch = tinies[name]
+    tok_dir = embedded_tokenizer_dir()
+    target = casseat_home() / "tiny" / f"{name}-seed{seed}"
+    path = materialize(target, lambda tmp: arch.build_tiny(tmp, tok_dir, seed))
+    return ModelRef(spec, "tiny", path, arch)
+
+
+def _resolve_path(spec: str) -> ModelRef:
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelSpecError(
+            f"model spec {spec!r}: no such file or directory; expected an HF model directory, a .gguf "
+            f"file, an export directory, {DEFAULT_MODEL} or tiny:<{'|'.join(sorted(tiny_names()))}>"
+        )
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSpecError(f"{path}: not a .gguf file or a model directory")
+        return ModelRef(spec, "gguf", path, None, gguf=path, mmproj=find_mmproj(path))
+    if (path / "config.json").is_file():
+        return ModelRef(spec, "hf", path, arch_for_config(_read_config(path), str(path / "config.json")))
+    if (path / MANIFEST).is_file():
+        return ModelRef(spec, "export", path, None)
+    if (path / "adapter_config.json").is_file():
+        raise ModelSpecError(
+            f"{path} is a LoRA adapter directory, not a model; merge it first "
+            "(casseat-edge train --merge) or pass the base model"
+        )
+    raise ModelSpecError(f"{path}: no config.json or {MANIFEST}; not a model directory")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelSpecError(f"{path / 'config.json'}: malformed JSON ({exc.msg})") from None
+
+
+def find_mmproj(gguf: Path) -> Path | None:
+    """The `mmproj*.gguf` next to a text GGUF: the one sharing its stem, else the only one."""
+    candidates = sorted(p for p in gguf.parent.glob("mmproj*.gguf") if p != gguf)
+    for cand in candidates:
+        if gguf.stem in cand.stem:
+            return cand
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def load_model(
+    spec: str | Path | ModelRef, dtype: str = "float32", trust_remote_code: bool = False
+) -> LoadedModel:
+    """Load a resolved spec in transformers (eval mode). GGUF files need the llama.cpp backend."""
+    import torch
+    import transformers
+
+    ref = spec if isinstance(spec, ModelRef) else resolve_model(spec)
+    if ref.kind in ("gguf", "export") or ref.arch is None:
+        raise ModelSpecError(
+            f"{ref.spec}: a {ref.kind} artifact cannot be loaded in transformers; "
+            "use it with --backend llama.cpp or onnxruntime, or pass the HF source directory"
+        )
+    auto = getattr(transformers, ref.arch.auto_class)
+    model = auto.from_pretrained(
+        ref.path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+    )
+    model.eval()
+    return LoadedModel(model, ref.arch.load_processor(ref.path), ref.arch, ref)

@@ -1,0 +1,93 @@
+"""Text-only decoder families: Llama (SmolLM2) and Qwen2. They see no image: the one preprocessing
+path writes the image's caption into the prompt instead (caption-augmented, as MathVista does for
+text-only LLMs). `tiny:llama` is a seeded random Llama with the SmolLM2 tokenizer and template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from casseat_edge.models.archs import ArchSpec, chatml_template
+
+
+def tiny_llama_config(tokenizer: Any, **overrides: Any):
+    """A 2-layer, 64-wide Llama config over `tokenizer`'s vocab (the text tower of every tiny)."""
+    from transformers import LlamaConfig
+
+    values = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=["LlamaForCausalLM"],
+    )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def save_tiny(out: Path, model: Any, processor: Any, arch: type[ArchSpec], seed: int) -> None:
+    """Save a tiny model + processor as an ordinary HF directory with our manifest."""
+    from casseat_edge.artifacts import write_manifest
+
+    model.generation_config.eos_token_id = processor_tokenizer(processor).eos_token_id
+    model.generation_config.pad_token_id = processor_tokenizer(processor).pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    params = sum(p.numel() for p in model.parameters())
+    write_manifest(
+        out, "model", {"source": f"tiny:{arch.tiny_name}", "seed": seed}, params=params,
+        architecture=arch.architecture,
+    )
+
+
+def processor_tokenizer(processor: Any) -> Any:
+    return getattr(processor, "tokenizer", processor)
+
+
+def seeded(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+class LlamaArch(ArchSpec):
+    """Llama-architecture text decoder (SmolLM2, the Idefics3 text tower)."""
+
+    architecture = "LlamaForCausalLM"
+    family = "llama"
+    model_type = "llama"
+    vision = False
+    auto_class = "AutoModelForCausalLM"
+    summary = "Llama / SmolLM2 text decoder (reads the image caption)"
+    tiny_name = "llama"
+    aliases = ("MistralForCausalLM",)
+
+    @classmethod
+    def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer.chat_template = chatml_template(None)
+        seeded(seed)
+        model = LlamaForCausalLM(tiny_llama_config(tokenizer))
+        save_tiny(out, model, tokenizer, cls, seed)
+
+
+class Qwen2Arch(ArchSpec):
+    """Qwen2 / Qwen2.5 text decoder."""
+
+    architecture = "Qwen2ForCausalLM"
+    family = "qwen2"
+    model_type = "qwen2"
+    vision = False
+    auto_class = "AutoModelForCausalLM"
+    summary = "Qwen2 / Qwen2.5 text decoder (reads the image caption)"

@@ -1,0 +1,122 @@
+"""The one preprocessing path: image -> processor inputs, chat messages -> prompt -> tensors.
+
+Training collation, export dummy inputs and the runtime all call these functions, so the tensors a
+model is trained on, exported with and served with are the same (a test checks it). Text-only
+models see no pixels: each image part of a message becomes the image's caption.
+
+    image = load_image("bench/images/bar_chart-00001.png")
+    messages = user_messages("What is the value of bar B?")
+    inputs = encode(processor, arch, messages, image=image, caption=caption)
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from casseat_edge.errors import DataError
+
+MAX_IMAGE_SIDE = 2048  # larger images are downscaled (aspect kept) before the processor sees them
+MAX_DECODE_PIXELS = 64_000_000  # refuse decompression bombs instead of allocating gigabytes
+CAPTION_PREFIX = "Image description: "
+
+
+def load_image(source: str | Path | bytes | Image.Image, max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
+    """Decode to RGB; downscale so the longer side is at most `max_side`. Clear error if undecodable."""
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        image = _decode(source)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC)
+    return image
+
+
+def _decode(source: str | Path | bytes) -> Image.Image:
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if image.width * image.height > MAX_DECODE_PIXELS:
+            raise DataError(
+                f"{name}: image is {image.width}x{image.height}, over {MAX_DECODE_PIXELS} pixels; "
+                "downscale it before use"
+            )
+        image.load()
+    except FileNotFoundError:
+        raise DataError(f"{name}: image file not found") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{name}: cannot decode image ({exc.__class__.__name__}); "
+                        "expected a PNG/JPEG/WebP file") from None
+    return image
+
+
+def user_messages(question: str, with_image: bool = True) -> list[dict[str, Any]]:
+    """A one-turn conversation in the HF content-list format (image first, then the question)."""
+    if not question or not question.strip():
+        raise DataError("question: empty; pass the problem's question text")
+    content: list[dict[str, Any]] = [{"type": "image"}] if with_image else []
+    content.append({"type": "text", "text": question})
+    return [{"role": "user", "content": content}]
+
+
+def to_text_only(messages: list[dict[str, Any]], caption: str | None) -> list[dict[str, Any]]:
+    """Replace image parts by the caption and flatten content lists to strings (text-only models)."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            parts = []
+            for part in content:
+                if part["type"] == "image":
+                    if caption is None:
+                        raise DataError("a text-only model needs the image caption; the problem has none")
+                    parts.append(CAPTION_PREFIX + caption.strip() + "\n")
+                elif part["type"] == "text":
+                    parts.append(part["text"])
+            content = "".join(parts)
+        out.append({**message, "content": content})
+    return out
+
+
+def count_images(messages: list[dict[str, Any]]) -> int:
+    return sum(
+        1
+        for m in messages
+        if not isinstance(m["content"], str)
+        for part in m["content"]
+        if part["type"] == "image"
+    )
+
+
+def render_prompt(
+    processor: Any, arch: Any, messages: list[dict[str, Any]], caption: str | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The prompt text through the model's own chat template (captions for text-only models)."""
+    if not arch.vision:
+        messages = to_text_only(messages, caption)
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def encode(
+    processor: Any, arch: Any, messages: list[dict[str, Any]], image: Image.Image | None = None,
+    caption: str | None = None, add_generation_prompt: bool = True,
+) -> dict[str, Any]:
+    """Model inputs (PyTorch tensors) for one conversation: input_ids, attention_mask, pixels."""
+    text = render_prompt(processor, arch, messages, caption, add_generation_prompt)
+    if not arch.vision:
+        return dict(processor(text, return_tensors="pt", add_special_tokens=False))
+    n_images = count_images(messages)
+    if n_images and image is None:
+        raise DataError("the conversation has an image part but no image was given")
+    images = [image] * n_images if n_images else None
+    return dict(processor(text=text, images=images, return_tensors="pt", add_special_tokens=False))
