@@ -68,7 +68,7 @@ class JsonlAppender:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, row: dict[str, Any]) -> None:
         self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -166,9 +166,13 @@ def read_manifest(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     try:
         manifest = json.loads(file.read_text())
     except FileNotFoundError:
-        raise CasseatError(f"{file}: no manifest; is {path} a casseat-edge artifact directory?") from None
+        raise CasseatError(
+            f"{file}: no manifest; is {path} a casseat-edge artifact directory?"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise CasseatError(f"{file}: malformed manifest ({exc.msg}); re-create the artifact") from None
+        raise CasseatError(
+            f"{file}: malformed manifest ({exc.msg}); re-create the artifact"
+        ) from None
     if kind is not None and manifest.get("kind") != kind:
         raise CasseatError(f"{path}: expected a {kind!r} artifact, found {manifest.get('kind')!r}")
     return manifest

@@ -70,7 +70,9 @@ def _read_yaml(cls: type[StageConfig], path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found; pass an existing YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+        raise ConfigError(
+            f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, found {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -24,12 +24,11 @@ MAX_DECODE_PIXELS = 64_000_000  # refuse decompression bombs instead of allocati
 CAPTION_PREFIX = "Image description: "
 
 
-def load_image(source: str | Path | bytes | Image.Image, max_side: int = MAX_IMAGE_SIDE) -> Image.Image:
+def load_image(
+    source: str | Path | bytes | Image.Image, max_side: int = MAX_IMAGE_SIDE
+) -> Image.Image:
     """Decode to RGB; downscale so the longer side is at most `max_side`. Clear error if undecodable."""
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        image = _decode(source)
+    image = source if isinstance(source, Image.Image) else _decode(source)
     if image.mode != "RGB":
         image = image.convert("RGB")
     if max(image.size) > max_side:
@@ -52,8 +51,9 @@ def _decode(source: str | Path | bytes) -> Image.Image:
     except FileNotFoundError:
         raise DataError(f"{name}: image file not found") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{name}: cannot decode image ({exc.__class__.__name__}); "
-                        "expected a PNG/JPEG/WebP file") from None
+        raise DataError(
+            f"{name}: cannot decode image ({exc.__class__.__name__}); expected a PNG/JPEG/WebP file"
+        ) from None
     return image
 
 
@@ -76,7 +76,9 @@ def to_text_only(messages: list[dict[str, Any]], caption: str | None) -> list[di
             for part in content:
                 if part["type"] == "image":
                     if caption is None:
-                        raise DataError("a text-only model needs the image caption; the problem has none")
+                        raise DataError(
+                            "a text-only model needs the image caption; the problem has none"
+                        )
                     parts.append(CAPTION_PREFIX + caption.strip() + "\n")
                 elif part["type"] == "text":
                     parts.append(part["text"])
@@ -96,7 +98,10 @@ def count_images(messages: list[dict[str, Any]]) -> int:
 
 
 def render_prompt(
-    processor: Any, arch: Any, messages: list[dict[str, Any]], caption: str | None = None,
+    processor: Any,
+    arch: Any,
+    messages: list[dict[str, Any]],
+    caption: str | None = None,
     add_generation_prompt: bool = True,
 ) -> str:
     """The prompt text through the model's own chat template (captions for text-only models)."""
@@ -108,8 +113,12 @@ def render_prompt(
 
 
 def encode(
-    processor: Any, arch: Any, messages: list[dict[str, Any]], image: Image.Image | None = None,
-    caption: str | None = None, add_generation_prompt: bool = True,
+    processor: Any,
+    arch: Any,
+    messages: list[dict[str, Any]],
+    image: Image.Image | None = None,
+    caption: str | None = None,
+    add_generation_prompt: bool = True,
 ) -> dict[str, Any]:
     """Model inputs (PyTorch tensors) for one conversation: input_ids, attention_mask, pixels."""
     text = render_prompt(processor, arch, messages, caption, add_generation_prompt)

@@ -65,7 +65,9 @@ def validate_problem(row: dict[str, Any], root: Path | None, where: str) -> dict
     """Return the normalized problem or raise `DataError` naming `where: field: problem`."""
     missing = [f for f in REQUIRED if f not in row or row[f] is None]
     if missing:
-        raise DataError(f"{where}: {missing[0]}: required field missing (required: {', '.join(REQUIRED)})")
+        raise DataError(
+            f"{where}: {missing[0]}: required field missing (required: {', '.join(REQUIRED)})"
+        )
     row = normalize_problem(row)
     _check_types(row, where)
     _check_choices(row, where)
@@ -88,16 +90,22 @@ def _check_types(row: dict[str, Any], where: str) -> None:
     if not isinstance(row["question"], str) or not row["question"].strip():
         raise DataError(f"{where}: question: must be a non-empty string")
     if len(row["question"]) > MAX_QUESTION_CHARS:
-        raise DataError(f"{where}: question: {len(row['question'])} characters, over {MAX_QUESTION_CHARS}")
+        raise DataError(
+            f"{where}: question: {len(row['question'])} characters, over {MAX_QUESTION_CHARS}"
+        )
     if not isinstance(row["answer"], str) or not row["answer"].strip():
         raise DataError(f"{where}: answer: must be a non-empty string or number")
     precision = row["precision"]
     if precision is not None and (not isinstance(precision, int) or precision < 0):
-        raise DataError(f"{where}: precision: expected a non-negative integer or null, found {precision!r}")
+        raise DataError(
+            f"{where}: precision: expected a non-negative integer or null, found {precision!r}"
+        )
     if row["answer_type"] == "float" and precision is None:
         row["precision"] = _decimals(row["answer"])
     if row["answer_type"] in ("integer", "float") and not _is_number(row["answer"]):
-        raise DataError(f"{where}: answer: {row['answer']!r} is not a number but answer_type is {row['answer_type']}")
+        raise DataError(
+            f"{where}: answer: {row['answer']!r} is not a number but answer_type is {row['answer_type']}"
+        )
     if row["image"] is not None and not isinstance(row["image"], str):
         raise DataError(f"{where}: image: expected a relative path string or null")
 
@@ -106,11 +114,15 @@ def _check_choices(row: dict[str, Any], where: str) -> None:
     choices = row["choices"]
     if row["question_type"] == "multi_choice":
         if not isinstance(choices, list) or len(choices) < 2:
-            raise DataError(f"{where}: choices: a multi_choice question needs a list of at least 2 choices")
+            raise DataError(
+                f"{where}: choices: a multi_choice question needs a list of at least 2 choices"
+            )
         if not all(isinstance(c, str) for c in choices):
             raise DataError(f"{where}: choices: every choice must be a string")
         if row["answer"] not in choices:
-            raise DataError(f"{where}: answer: {row['answer']!r} is not one of the choices {choices}")
+            raise DataError(
+                f"{where}: answer: {row['answer']!r} is not one of the choices {choices}"
+            )
     elif choices not in (None, []):
         raise DataError(f"{where}: choices: a free_form question must have choices null")
 
@@ -129,11 +141,15 @@ def _decimals(text: str) -> int:
 def check_image_path(root: Path, rel: str, where: str, must_exist: bool = True) -> Path:
     """Resolve `rel` under `root`; refuse absolute paths and anything that escapes the root."""
     if Path(rel).is_absolute() or rel.startswith(("/", "\\")):
-        raise DataError(f"{where}: image: {rel!r} is absolute; image paths must be relative to {root}")
+        raise DataError(
+            f"{where}: image: {rel!r} is absolute; image paths must be relative to {root}"
+        )
     root_real = root.resolve()
     target = (root / rel).resolve()
     if not target.is_relative_to(root_real):
-        raise DataError(f"{where}: image: {rel!r} escapes the dataset root {root}; keep images inside it")
+        raise DataError(
+            f"{where}: image: {rel!r} escapes the dataset root {root}; keep images inside it"
+        )
     if must_exist and not target.is_file():
         raise DataError(f"{where}: image: file {rel!r} not found under {root}")
     return target
@@ -148,7 +164,9 @@ def validate_rows(
         try:
             problem = validate_problem(row, root, where)
             if problem["pid"] in seen:
-                raise DataError(f"{where}: pid: duplicate pid {problem['pid']!r}; pids must be unique")
+                raise DataError(
+                    f"{where}: pid: duplicate pid {problem['pid']!r}; pids must be unique"
+                )
         except DataError as exc:
             if not skip_invalid:
                 raise

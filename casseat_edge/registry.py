@@ -58,7 +58,9 @@ class Registry(Generic[T]):
             aliases = sorted(a for a, target in self._aliases.items() if target == name)
             info = entry.describe() if hasattr(entry, "describe") else {}
             doc = (getattr(entry, "__doc__", None) or "").strip().splitlines()
-            rows.append({"name": name, "aliases": aliases, "summary": doc[0] if doc else "", **info})
+            rows.append(
+                {"name": name, "aliases": aliases, "summary": doc[0] if doc else "", **info}
+            )
         return rows
 
 

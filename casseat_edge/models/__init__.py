@@ -1,7 +1,7 @@
 """Models: specs (`embedded:`, `tiny:`, paths), the supported-architecture registry and loading.
 
-    from casseat_edge.models import resolve_model, load_model
-    loaded = load_model("tiny:smolvlm")
+from casseat_edge.models import resolve_model, load_model
+loaded = load_model("tiny:smolvlm")
 """
 
 from __future__ import annotations

@@ -77,8 +77,12 @@ def embedded_hf_dir(name: str = "smollm2-135m-instruct") -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
         write_manifest(
-            tmp, "model", {"source": f"embedded:{name}", "dtype": "float32"}, {"gguf": _gguf_id(gguf)},
-            gguf_path=str(gguf), license=EMBEDDED[name]["license"],
+            tmp,
+            "model",
+            {"source": f"embedded:{name}", "dtype": "float32"},
+            {"gguf": _gguf_id(gguf)},
+            gguf_path=str(gguf),
+            license=EMBEDDED[name]["license"],
         )
 
     return materialize(casseat_home() / "embedded" / name, build)

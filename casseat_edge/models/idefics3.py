@@ -68,7 +68,10 @@ class Idefics3Arch(ArchSpec):
         )
         seq_len = (TINY_IMAGE // TINY_PATCH) ** 2 // TINY_SCALE**2
         processor = Idefics3Processor(
-            image_processor, tokenizer, image_seq_len=seq_len, chat_template=chatml_template(IMAGE_TOKEN)
+            image_processor,
+            tokenizer,
+            image_seq_len=seq_len,
+            chat_template=chatml_template(IMAGE_TOKEN),
         )
         config = Idefics3Config(
             text_config=tiny_llama_config(tokenizer).to_dict(),

@@ -92,10 +92,16 @@ def _processor(tokenizer: Any) -> Any:
     from transformers import Qwen2VLImageProcessor
 
     image_processor = Qwen2VLImageProcessor(
-        min_pixels=56 * 56, max_pixels=TINY_MAX_PIXELS, patch_size=14, temporal_patch_size=2, merge_size=2
+        min_pixels=56 * 56,
+        max_pixels=TINY_MAX_PIXELS,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
     )
     return image_only_processor_class()(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=chatml_template(IMAGE_TEXT)
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=chatml_template(IMAGE_TEXT),
     )
 
 
@@ -139,11 +145,23 @@ class Qwen2VLArch(_QwenVLBase):
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
         tokenizer = _tiny_tokenizer(tokenizer_dir)
-        vision = dict(depth=2, embed_dim=64, hidden_size=64, mlp_ratio=2, num_heads=2,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+        vision = dict(
+            depth=2,
+            embed_dim=64,
+            hidden_size=64,
+            mlp_ratio=2,
+            num_heads=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            in_channels=3,
+        )
         config = Qwen2VLConfig(
-            text_config=_tiny_text_config(tokenizer), vision_config=vision,
-            architectures=[cls.architecture], tie_word_embeddings=True, **_token_ids(tokenizer),
+            text_config=_tiny_text_config(tokenizer),
+            vision_config=vision,
+            architectures=[cls.architecture],
+            tie_word_embeddings=True,
+            **_token_ids(tokenizer),
         )
         seeded(seed)
         save_tiny(out, Qwen2VLForConditionalGeneration(config), _processor(tokenizer), cls, seed)
@@ -163,12 +181,25 @@ class Qwen25VLArch(_QwenVLBase):
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
         tokenizer = _tiny_tokenizer(tokenizer_dir)
-        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
-                      out_hidden_size=64, patch_size=14, spatial_merge_size=2,
-                      temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3)
+        vision = dict(
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[1],
+            in_channels=3,
+        )
         config = Qwen2_5_VLConfig(
-            text_config=_tiny_text_config(tokenizer), vision_config=vision,
-            architectures=[cls.architecture], tie_word_embeddings=True, **_token_ids(tokenizer),
+            text_config=_tiny_text_config(tokenizer),
+            vision_config=vision,
+            architectures=[cls.architecture],
+            tie_word_embeddings=True,
+            **_token_ids(tokenizer),
         )
         seeded(seed)
         save_tiny(out, Qwen2_5_VLForConditionalGeneration(config), _processor(tokenizer), cls, seed)

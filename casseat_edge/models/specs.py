@@ -19,7 +19,12 @@ from typing import Any
 from casseat_edge.artifacts import MANIFEST
 from casseat_edge.errors import ModelSpecError
 from casseat_edge.models.archs import ArchSpec, arch_for_config
-from casseat_edge.models.embedded import EMBEDDED, embedded_gguf, embedded_hf_dir, embedded_tokenizer_dir
+from casseat_edge.models.embedded import (
+    EMBEDDED,
+    embedded_gguf,
+    embedded_hf_dir,
+    embedded_tokenizer_dir,
+)
 from casseat_edge.models.store import casseat_home, materialize
 from casseat_edge.registry import ARCHS
 
@@ -78,10 +83,14 @@ def resolve_model(spec: str | Path) -> ModelRef:
 def _resolve_embedded(spec: str) -> ModelRef:
     name = spec.split(":", 1)[1]
     if name not in EMBEDDED:
-        raise ModelSpecError(f"unknown model spec {spec!r}; embedded models: "
-                             + ", ".join("embedded:" + n for n in EMBEDDED))
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}; embedded models: "
+            + ", ".join("embedded:" + n for n in EMBEDDED)
+        )
     hf_dir = embedded_hf_dir(name)
-    return ModelRef(spec, "embedded", hf_dir, ARCHS.get("LlamaForCausalLM"), gguf=embedded_gguf(name))
+    return ModelRef(
+        spec, "embedded", hf_dir, ARCHS.get("LlamaForCausalLM"), gguf=embedded_gguf(name)
+    )
 
 
 def _resolve_tiny(spec: str) -> ModelRef:
@@ -113,7 +122,9 @@ def _resolve_path(spec: str) -> ModelRef:
             raise ModelSpecError(f"{path}: not a .gguf file or a model directory")
         return ModelRef(spec, "gguf", path, None, gguf=path, mmproj=find_mmproj(path))
     if (path / "config.json").is_file():
-        return ModelRef(spec, "hf", path, arch_for_config(_read_config(path), str(path / "config.json")))
+        return ModelRef(
+            spec, "hf", path, arch_for_config(_read_config(path), str(path / "config.json"))
+        )
     if (path / MANIFEST).is_file():
         return ModelRef(spec, "export", path, None)
     if (path / "adapter_config.json").is_file():

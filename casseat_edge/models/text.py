@@ -44,7 +44,10 @@ def save_tiny(out: Path, model: Any, processor: Any, arch: type[ArchSpec], seed:
     processor.save_pretrained(out)
     params = sum(p.numel() for p in model.parameters())
     write_manifest(
-        out, "model", {"source": f"tiny:{arch.tiny_name}", "seed": seed}, params=params,
+        out,
+        "model",
+        {"source": f"tiny:{arch.tiny_name}", "seed": seed},
+        params=params,
         architecture=arch.architecture,
     )
 
@@ -91,3 +94,17 @@ class Qwen2Arch(ArchSpec):
     vision = False
     auto_class = "AutoModelForCausalLM"
     summary = "Qwen2 / Qwen2.5 text decoder (reads the image caption)"
+    tiny_name = "qwen2"
+
+    @classmethod
+    def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        tokenizer.chat_template = chatml_template(None)
+        values = tiny_llama_config(tokenizer).to_dict()
+        values.update(architectures=[cls.architecture], model_type="qwen2")
+        for key in ("mlp_bias", "attention_bias", "head_dim", "pretraining_tp"):
+            values.pop(key, None)
+        seeded(seed)
+        save_tiny(out, Qwen2ForCausalLM(Qwen2Config(**values)), tokenizer, cls, seed)

@@ -1,0 +1,254 @@
+"""The `casseat-edge` command. Thin by design: each command parses flags, builds its stage config,
+calls one library function and renders the result (human text on stdout, or exactly one JSON
+document with `--json`). Logs and progress go to stderr and stay quiet under `--json`/`--quiet`
+or when stderr is not a terminal.
+
+Exit codes: 0 ok; 1 runtime error (one line, no traceback unless `--debug`); 2 usage error;
+3 artifact written but verification failed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from casseat_edge import __version__
+from casseat_edge.config import cli_overrides, click_options, load_config
+from casseat_edge.errors import CasseatError
+
+STAGE_PACKAGES = ("training", "quantize", "export", "runtime")
+
+
+class Group(click.Group):
+    """Turns `CasseatError` into one `error:` line on stderr and its exit code (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CasseatError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="casseat-edge")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or log lines on stderr.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Cas-SEAT for small vision-language models: make benchmarks, synthesize cascaded
+    self-evaluation data, fine-tune, quantize, export (GGUF/ONNX) and run the cascade on CPUs.
+
+    Every command takes --json for one machine-readable JSON document on stdout.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(debug=debug, quiet=quiet)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    """stdout gets either the JSON document or the human rendering, never both."""
+    click.echo(json.dumps(result, indent=2, default=str) if as_json else render(result))
+
+
+@contextmanager
+def progress(total: int, label: str, as_json: bool) -> Iterator[Callable[[int], None]]:
+    """A tqdm bar on stderr, off under --json/--quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    quiet = as_json or click.get_current_context().obj.get("quiet") or not sys.stderr.isatty()
+    bar = tqdm(total=total, desc=label, file=sys.stderr, disable=quiet, unit="it")
+
+    def update(done: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def load_stage_packages() -> None:
+    """Import the stage packages so their registry entries exist (for `list`)."""
+    for name in STAGE_PACKAGES:
+        importlib.import_module(name)
+
+
+# ---------------------------------------------------------------- list
+@main.command("list")
+@click.argument("what", type=click.Choice(["archs", "backends", "teachers", "quant", "exporters"]))
+@json_option
+def list_cmd(what: str, as_json: bool) -> None:
+    """List what is registered: architectures, backends, teachers, quantization types, exporters."""
+    import casseat_edge.models  # noqa: F401  (registers the architectures)
+    from casseat_edge.registry import REGISTRIES
+
+    load_stage_packages()
+    rows = REGISTRIES[what].describe()
+    emit({"kind": what, "entries": rows}, as_json, lambda r: _render_rows(r["entries"], what))
+
+
+def _render_rows(rows: list[dict[str, Any]], what: str) -> str:
+    if not rows:
+        return f"no {what} registered yet"
+    return "\n".join(f"{r['name']:<40} {r.get('summary', '')}" for r in rows)
+
+
+# ---------------------------------------------------------------- bench
+@main.group()
+def bench() -> None:
+    """Synthetic visual-math benchmarks and official dataset files."""
+
+
+def _bench_config_class() -> Any:
+    from casseat_edge.bench import BenchConfig
+
+    return BenchConfig
+
+
+@bench.command("make")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_bench_config_class())
+@json_option
+def bench_make(config_file: str | None, as_json: bool, **params: Any) -> None:
+    """Render a deterministic synthetic benchmark: problems.jsonl + images/ + casseat.json.
+
+    Example: casseat-edge bench make --out bench --n 1000 --seed 7
+    """
+    from casseat_edge.bench import BenchConfig, make_bench
+
+    config = load_config(BenchConfig, config_file, cli_overrides(params))
+    with progress(config.n, "rendering", as_json) as update:
+        summary = make_bench(config, progress=update)
+    emit(summary, as_json, _render_bench)
+
+
+def _render_bench(s: dict[str, Any]) -> str:
+    counts = s.get("counts", {})
+    lines = [f"wrote {s['n']} problems to {s['path']} in {s['seconds']:.1f} s"]
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in counts.items()]
+    return "\n".join(lines)
+
+
+def _load(path: str, fmt: str, skip_invalid: bool) -> Any:
+    from casseat_edge.loaders import load_problems
+
+    return load_problems(path, fmt=fmt, skip_invalid=skip_invalid)
+
+
+def _formats() -> list[str]:
+    from casseat_edge.loaders import FORMATS
+
+    return ["auto", *FORMATS]
+
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(_formats()),
+    default="auto",
+    show_default=True,
+    help="Dataset layout (auto detects from the file name and fields).",
+)
+skip_option = click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="Skip bad rows (recorded in the output) instead of failing.",
+)
+
+
+@bench.command("check")
+@click.argument("path", type=click.Path())
+@format_option
+@skip_option
+@json_option
+def bench_check(path: str, fmt: str, skip_invalid: bool, as_json: bool) -> None:
+    """Validate a problem set (ours, MathVista, MATH-Vision, We-Math, MathVerse) and count it."""
+    problems = _load(path, fmt, skip_invalid)
+    result = _problem_stats(problems)
+    emit(result, as_json, lambda r: "\n".join(f"{k}: {json.dumps(v)}" for k, v in r.items()))
+
+
+def _problem_stats(problems: Any) -> dict[str, Any]:
+    from collections import Counter
+
+    rows = problems.rows
+    return {
+        "source": problems.source,
+        "n": len(rows),
+        "skipped": len(problems.skipped),
+        "skipped_rows": problems.skipped[:20],
+        "by_answer_type": dict(Counter(r["answer_type"] for r in rows)),
+        "by_family": dict(Counter(r["metadata"].get("family", "unknown") for r in rows)),
+    }
+
+
+@bench.command("convert")
+@click.argument("path", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Output directory (our format).")
+@format_option
+@skip_option
+@json_option
+def bench_convert(path: str, out: str, fmt: str, skip_invalid: bool, as_json: bool) -> None:
+    """Convert an official dataset file into our problems.jsonl + images/ layout."""
+    from casseat_edge.loaders import convert_problems
+
+    problems = _load(path, fmt, skip_invalid)
+    written = convert_problems(problems, out)
+    result = {**_problem_stats(problems), "out": str(written)}
+    emit(
+        result, as_json, lambda r: f"wrote {r['n']} problems to {r['out']} ({r['skipped']} skipped)"
+    )
+
+
+# ---------------------------------------------------------------- score
+@main.command()
+@click.argument("results", type=click.Path(dir_okay=False))
+@click.option("--bench", "bench_path", required=True, type=click.Path(), help="Problem set.")
+@format_option
+@json_option
+def score(results: str, bench_path: str, fmt: str, as_json: bool) -> None:
+    """Re-score a results.jsonl against a problem set with the rule-based extractor."""
+    from casseat_edge.scoring import score_file
+
+    problems = _load(bench_path, fmt, skip_invalid=False)
+    summary = score_file(results, {p["pid"]: p for p in problems.rows})
+    emit(summary, as_json, _render_score)
+
+
+def _render_score(s: dict[str, Any]) -> str:
+    lines = [f"accuracy ({s['method']}): {s['accuracy']:.3f}  ({s['correct']}/{s['n']})"]
+    for family, row in sorted(s["by_family"].items()):
+        lines.append(f"  {family:<20} {row['accuracy']:.3f}  ({row['correct']}/{row['n']})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- models
+@main.command()
+@click.argument("spec")
+@json_option
+def inspect(spec: str, as_json: bool) -> None:
+    """Resolve a model spec (path, .gguf, embedded:NAME, tiny:ARCH[@SEED]) and describe it."""
+    from casseat_edge.models import resolve_model
+
+    ref = resolve_model(spec)
+    info = ref.describe()
+    manifest = Path(ref.path) / "casseat.json"
+    if manifest.is_file():
+        info["manifest"] = json.loads(manifest.read_text())
+    emit(info, as_json, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items() if k != "manifest"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
