@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from casseat_edge.bench import (
@@ -233,6 +235,37 @@ def test_malformed_trace_is_a_data_error() -> None:
         )
     with pytest.raises(DataError, match="earlier steps"):
         evaluate_trace([{"op": "add", "args": [0], "value": 0, "what": "self"}])
+
+
+def test_problems_do_not_depend_on_n(tmp_path: Path) -> None:
+    make_bench(BenchConfig(out=str(tmp_path / "small"), n=18, seed=5))
+    make_bench(BenchConfig(out=str(tmp_path / "large"), n=45, seed=5))
+    small = (tmp_path / "small" / "problems.jsonl").read_text().splitlines()
+    large = (tmp_path / "large" / "problems.jsonl").read_text().splitlines()
+    assert large[:18] == small
+    assert (
+        _tree_digest(tmp_path / "small" / "images").items()
+        <= _tree_digest(tmp_path / "large" / "images").items()
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    family=st.sampled_from(sorted(FAMILIES)),
+    index=st.integers(0, 10_000),
+    seed=st.integers(-(2**31), 2**31),
+)
+def test_any_problem_round_trips_through_json(family: str, index: int, seed: int) -> None:
+    row, png = build_problem(family, index, seed=seed, image_size=64)
+    row = json.loads(json.dumps(row))
+    assert format_answer(evaluate_trace(row["metadata"]["trace"]), row) == row["answer"]
+    assert png.startswith(b"\x89PNG")
+
+
+def test_override_of_a_missing_step_is_a_data_error() -> None:
+    row, _ = build_problem("bar_chart", 0)
+    with pytest.raises(DataError, match="overrides"):
+        evaluate_trace(row["metadata"]["trace"], {99: 1})
 
 
 def test_speed_report(tmp_path: Path) -> None:

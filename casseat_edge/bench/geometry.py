@@ -132,7 +132,8 @@ def _label_angles(
             reach = min(70.0, max(32.0, 22 / math.sin(math.radians(angles[i]) / 2)))
             reach = min(reach, 0.4 * _shorter_side(points, i))
             color = COLORS["red"] if shown[i] == "?" else BLACK
-            canvas.text((px + reach * ux, py + reach * uy), shown[i], size=19, fill=color)
+            size = 23 if shown[i] == "?" else 19
+            canvas.text((px + reach * ux, py + reach * uy), shown[i], size=size, fill=color)
 
 
 def _shorter_side(points: list[Point], i: int) -> float:

@@ -92,6 +92,9 @@ def evaluate_trace(trace: list[dict[str, Any]], overrides: Mapping[int, Any] | N
     if not trace:
         raise DataError("trace: empty; a trace needs at least one step")
     overrides = overrides or {}
+    stray = sorted(i for i in overrides if not isinstance(i, int) or not 0 <= i < len(trace))
+    if stray:
+        raise DataError(f"trace: overrides: step {stray[0]!r} not in 0..{len(trace) - 1}")
     values: list[Any] = []
     for index, step in enumerate(trace):
         if index in overrides:

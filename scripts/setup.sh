@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up casseat-edge on a CPU machine: everything the default main job and the full test suite need.
+# Safe to re-run: steps that are already done are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+pip_install() { "$PY" -m pip install --disable-pip-version-check --progress-bar off "$@"; }
+
+# torch is bounded: a range admitting a newer release pulls several GB of CUDA wheels.
+pip_install "torch>=2.4,<2.14"
+
+# llama-cpp-python is source-only on PyPI. A default build uses -march=native, which on AMX CPUs
+# crashes in ggml_backend_amx_mul_mat at the first decode, so build it portably, and never reuse a
+# cached native wheel (--no-cache-dir). Skipped when a portable 0.3.36 build is already installed.
+LLAMA_VERSION=0.3.36
+if ! "$PY" - "$LLAMA_VERSION" <<'PYCHECK' 2>/dev/null; then
+import sys, llama_cpp
+info = llama_cpp.llama_print_system_info().decode()
+sys.exit(0 if llama_cpp.__version__ == sys.argv[1] and "AMX" not in info else 1)
+PYCHECK
+  echo "building llama-cpp-python $LLAMA_VERSION (portable CPU build, about 5 minutes on 2 cores)" >&2
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+    pip_install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_VERSION"
+fi
+
+pip_install -e ".[llama,dev]"
+"$PY" -c "import casseat_edge, llama_cpp, torch; print('casseat-edge', casseat_edge.__version__, \
+'| torch', torch.__version__, '| llama-cpp-python', llama_cpp.__version__)"
