@@ -250,5 +250,39 @@ def inspect(spec: str, as_json: bool) -> None:
     emit(info, as_json, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items() if k != "manifest"))
 
 
+# ---------------------------------------------------------------- pipeline
+def _pipeline_config_class() -> Any:
+    from casseat_edge.pipeline import PipelineConfig
+
+    return PipelineConfig
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_pipeline_config_class())
+@json_option
+@click.pass_context
+def pipeline(ctx: click.Context, config_file: str | None, as_json: bool, **params: Any) -> None:
+    """The main job: every stage in order on the embedded default model, fully offline.
+
+    Re-running skips stages whose inputs are unchanged. Writes OUT/pipeline.json.
+    """
+    from casseat_edge.pipeline import PipelineConfig, run_pipeline
+
+    config = load_config(PipelineConfig, config_file, cli_overrides(params))
+    quiet = as_json or ctx.obj.get("quiet")
+    summary = run_pipeline(config, log=lambda msg: None if quiet else click.echo(msg, err=True))
+    emit(summary, as_json, _render_pipeline)
+
+
+def _render_pipeline(s: dict[str, Any]) -> str:
+    lines = [
+        f"{name:<8} {row['status']:<8} {row['seconds']:>7.1f} s"
+        for name, row in s["stages"].items()
+    ]
+    lines += [f"{name:<8} pending  {what}" for name, what in s["pending"].items()]
+    return "\n".join([f"pipeline -> {s['out']}", *lines])
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

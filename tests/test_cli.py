@@ -26,8 +26,13 @@ def test_help_lists_commands():
 def test_list_archs_json_parses():
     doc = json.loads(run("list", "archs", "--json").stdout)
     names = {row["name"] for row in doc["entries"]}
-    assert {"Idefics3ForConditionalGeneration", "Qwen2VLForConditionalGeneration",
-            "Qwen2_5_VLForConditionalGeneration", "LlamaForCausalLM", "Qwen2ForCausalLM"} <= names
+    assert {
+        "Idefics3ForConditionalGeneration",
+        "Qwen2VLForConditionalGeneration",
+        "Qwen2_5_VLForConditionalGeneration",
+        "LlamaForCausalLM",
+        "Qwen2ForCausalLM",
+    } <= names
     assert all(row["tiny"].startswith("tiny:") for row in doc["entries"])
 
 
@@ -50,12 +55,15 @@ def test_inspect_tiny_json():
 
 def test_bench_make_check_and_score(tmp_path):
     out = tmp_path / "b"
-    doc = json.loads(run("bench", "make", "--out", str(out), "--n", "18", "--seed", "3", "--json").stdout)
+    doc = json.loads(
+        run("bench", "make", "--out", str(out), "--n", "18", "--seed", "3", "--json").stdout
+    )
     assert doc["n"] == 18
     check = json.loads(run("bench", "check", str(out), "--json").stdout)
     assert check["n"] == 18 and check["skipped"] == 0
     rows = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
     results = tmp_path / "results.jsonl"
+
     # half right (the true answer), half wrong (another option, or a number nobody asks for)
     def wrong(r):
         return next(c for c in r["choices"] if c != r["answer"]) if r["choices"] else "99999"
@@ -76,9 +84,18 @@ def test_bench_make_bad_flag_is_usage_error(tmp_path):
 
 
 def _problem(**changes):
-    row = {"pid": "1", "question": "How many?", "image": "img.png", "choices": None, "answer": "3",
-           "answer_type": "integer", "precision": None, "unit": None, "question_type": "free_form",
-           "metadata": {}}
+    row = {
+        "pid": "1",
+        "question": "How many?",
+        "image": "img.png",
+        "choices": None,
+        "answer": "3",
+        "answer_type": "integer",
+        "precision": None,
+        "unit": None,
+        "question_type": "free_form",
+        "metadata": {},
+    }
     row.update(changes)
     return json.dumps(row)
 
@@ -89,7 +106,10 @@ def _problem(**changes):
         (_problem(image="missing.png"), "problems.jsonl:1: image: file 'missing.png' not found"),
         ('{"pid": "1", "question": ', "problems.jsonl:1: malformed JSON"),
         (_problem(answer_type="complex"), "problems.jsonl:1: answer_type: unknown value 'complex'"),
-        (_problem(image="../outside.png"), "problems.jsonl:1: image: '../outside.png' escapes the dataset root"),
+        (
+            _problem(image="../outside.png"),
+            "problems.jsonl:1: image: '../outside.png' escapes the dataset root",
+        ),
         (_problem(image="/etc/passwd"), "problems.jsonl:1: image: '/etc/passwd' is absolute"),
     ],
 )
@@ -103,3 +123,26 @@ def test_bad_problem_rows_give_one_clear_line(tmp_path, line, message):
     assert message in result.stderr and result.stderr.count("\n") == 1
     skipped = json.loads(run("bench", "check", str(root), "--skip-invalid", "--json").stdout)
     assert skipped["n"] == 0 and skipped["skipped"] == 1
+
+
+def test_pipeline_fast_runs_and_skips_unchanged_stages(tmp_path):
+    out = tmp_path / "run"
+    first = json.loads(run("pipeline", "--fast", "--out", str(out), "--json").stdout)
+    assert first["stages"]["bench"]["status"] == "done"
+    assert first["stages"]["model"]["tokenizer_parity"]["mismatches"] == 0
+    assert first["stages"]["model"]["tokenizer_parity"]["texts"] > 120
+    second = json.loads(run("pipeline", "--fast", "--out", str(out), "--json").stdout)
+    assert second["stages"]["bench"]["status"] == "skipped"
+    assert json.loads((out / "pipeline.json").read_text())["stages"]["bench"]["status"] == "skipped"
+
+
+def test_cli_reference_is_current():
+    """docs/cli.md is generated from --help; regenerate with scripts/gen_cli_docs.py."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_cli_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DOC.read_text() == module.render()
