@@ -352,6 +352,21 @@ def test_missing_image_is_an_error_unless_skipped(mathvista_json: Path) -> None:
     assert all(s["where"] and s["reason"] for s in problems.skipped)
 
 
+def test_mathvista_family_is_task_else_category_else_mathvista(tmp_path: Path) -> None:
+    base = mathvista_record("1")["metadata"]
+    no_task = {k: v for k, v in base.items() if k != "task"}
+    neither = {k: v for k, v in no_task.items() if k != "category"}
+    records = {
+        pid: mathvista_record(pid, image=None, metadata=meta)
+        for pid, meta in [("1", base), ("2", no_task), ("3", neither), ("4", None)]
+    }
+    rows = by_pid(load_problems(write_json(tmp_path / "testmini.json", records)))
+    assert rows["1"]["metadata"]["family"] == "figure question answering"
+    assert rows["2"]["metadata"]["family"] == "math-targeted-vqa"
+    assert rows["3"]["metadata"]["family"] == rows["4"]["metadata"]["family"] == "mathvista"
+    assert rows["1"]["metadata"]["task"] == "figure question answering"  # nothing else changes
+
+
 # ---- MATH-Vision ------------------------------------------------------------------------------
 
 
@@ -635,3 +650,21 @@ def test_convert_in_place_keeps_images(tmp_path: Path) -> None:
 
 def test_formats_constant_lists_every_adapter() -> None:
     assert FORMATS == ("ours", "jsonl", "mathvista", "mathvision", "wemath", "mathverse")
+
+
+def test_convert_writes_manifest_and_skipped_rows(mathvista_json: Path, tmp_path: Path) -> None:
+    problems = load_problems(mathvista_json, skip_invalid=True)
+    out = tmp_path / "out"
+    convert_problems(problems, out)
+    manifest = json.loads((out / "casseat.json").read_text())
+    assert manifest["kind"] == "bench"
+    assert manifest["config"] == {"source": str(mathvista_json)}
+    assert manifest["skipped"] == 1
+    assert manifest["counts"]["family"] == {"figure question answering": 3}
+    assert manifest["counts"]["answer_type"] == {"float": 1, "integer": 1, "multi_choice": 1}
+    lines = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert lines == [{"where": f"{mathvista_json}:pid=4", "reason": lines[0]["reason"], "pid": "4"}]
+    assert "unsupported answer_type 'list'" in lines[0]["reason"]
+    convert_problems(load_problems(out), out)  # nothing skipped now: no stale skipped.jsonl
+    assert not (out / "skipped.jsonl").exists()
+    assert json.loads((out / "casseat.json").read_text())["skipped"] == 0
