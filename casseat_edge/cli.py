@@ -63,14 +63,17 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], str]) -> None:
 
 
 @contextmanager
-def progress(total: int, label: str, as_json: bool) -> Iterator[Callable[[int], None]]:
+def progress(total: int, label: str, as_json: bool) -> Iterator[Callable[..., None]]:
     """A tqdm bar on stderr, off under --json/--quiet or when stderr is not a terminal."""
     from tqdm import tqdm
 
     quiet = as_json or click.get_current_context().obj.get("quiet") or not sys.stderr.isatty()
-    bar = tqdm(total=total, desc=label, file=sys.stderr, disable=quiet, unit="it")
+    bar = tqdm(total=total or None, desc=label, file=sys.stderr, disable=quiet, unit="it")
 
-    def update(done: int) -> None:
+    def update(done: int, new_total: int | None = None) -> None:
+        if new_total is not None and bar.total != new_total:
+            bar.total = new_total
+            bar.refresh()
         bar.update(done - bar.n)
 
     try:
@@ -83,6 +86,9 @@ def load_stage_packages() -> None:
     """Import the stage packages so their registry entries exist (for `list`)."""
     for name in STAGE_PACKAGES:
         importlib.import_module(name)
+    from training.synth.teachers import register_all
+
+    register_all()
 
 
 # ---------------------------------------------------------------- list
@@ -210,6 +216,42 @@ def bench_convert(path: str, out: str, fmt: str, skip_invalid: bool, as_json: bo
     emit(
         result, as_json, lambda r: f"wrote {r['n']} problems to {r['out']} ({r['skipped']} skipped)"
     )
+
+
+# ---------------------------------------------------------------- synth
+def _synth_config_class() -> Any:
+    from training.synth import SynthConfig
+
+    return SynthConfig
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_synth_config_class())
+@json_option
+def synth(config_file: str | None, as_json: bool, **params: Any) -> None:
+    """Synthesize Cas-SEAT training data: a teacher solves (stage 1) and reviews (stage 2) each
+    problem, Double-level Data Filtering keeps consistent outputs, CoT and evaluation samples mix.
+
+    Example: casseat-edge synth --problems bench --teacher procedural --out synth
+    """
+    from training.synth import SynthConfig, synthesize
+
+    config = load_config(SynthConfig, config_file, cli_overrides(params))
+    with progress(0, "problems", as_json) as update:
+        stats = synthesize(config, progress=lambda done, total: update(done, total))
+    emit(stats, as_json, _render_synth)
+
+
+def _render_synth(s: dict[str, Any]) -> str:
+    lines = [
+        f"{s['problems']} problems with {s['teacher']} ({s['mode']}), "
+        f"{s['throughput']['problems_per_s']} problems/s",
+        f"train samples: {json.dumps(s['samples']['train'])}; held out: {json.dumps(s['samples']['heldout'])}",
+        f"keep rate: {json.dumps(s['keep_rate'])}; verdicts: {json.dumps(s['verdicts'])}",
+        f"rejected: {json.dumps(s['rejections'])}",
+    ]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- score

@@ -121,11 +121,35 @@ def encode(
     add_generation_prompt: bool = True,
 ) -> dict[str, Any]:
     """Model inputs (PyTorch tensors) for one conversation: input_ids, attention_mask, pixels."""
-    text = render_prompt(processor, arch, messages, caption, add_generation_prompt)
+    return encode_batch(processor, arch, [messages], [image], [caption], add_generation_prompt)
+
+
+def encode_batch(
+    processor: Any,
+    arch: Any,
+    conversations: list[list[dict[str, Any]]],
+    images: list[Image.Image | None],
+    captions: list[str | None],
+    add_generation_prompt: bool = True,
+) -> dict[str, Any]:
+    """Inputs for several conversations, left-padded (the side batched generation needs)."""
+    texts = [
+        render_prompt(processor, arch, m, c, add_generation_prompt)
+        for m, c in zip(conversations, captions)
+    ]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer.padding_side = "left"
+    kwargs: dict[str, Any] = {"return_tensors": "pt", "add_special_tokens": False, "padding": True}
     if not arch.vision:
-        return dict(processor(text, return_tensors="pt", add_special_tokens=False))
+        return dict(processor(texts, **kwargs))
+    per_conversation = [_images_for(m, image) for m, image in zip(conversations, images)]
+    if any(per_conversation):
+        kwargs["images"] = per_conversation if len(texts) > 1 else per_conversation[0]
+    return dict(processor(text=texts, **kwargs))
+
+
+def _images_for(messages: list[dict[str, Any]], image: Image.Image | None) -> list[Image.Image]:
     n_images = count_images(messages)
     if n_images and image is None:
         raise DataError("the conversation has an image part but no image was given")
-    images = [image] * n_images if n_images else None
-    return dict(processor(text=text, images=images, return_tensors="pt", add_special_tokens=False))
+    return [image] * n_images

@@ -146,3 +146,38 @@ def test_cli_reference_is_current():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.DOC.read_text() == module.render()
+
+
+def test_synth_cli_json_and_teachers_listed(tmp_path):
+    bench = tmp_path / "b"
+    run("bench", "make", "--out", str(bench), "--n", "40", "--seed", "1", "--json")
+    stats = json.loads(
+        run(
+            "synth",
+            "--problems",
+            str(bench),
+            "--out",
+            str(tmp_path / "s"),
+            "--teacher",
+            "procedural",
+            "--json",
+        ).stdout
+    )
+    assert stats["problems"] > 20 and stats["samples"]["train"]
+    again = run("synth", "--problems", str(bench), "--out", str(tmp_path / "s"), code=1)
+    assert "pass --resume" in again.stderr
+    teachers = {
+        row["name"] for row in json.loads(run("list", "teachers", "--json").stdout)["entries"]
+    }
+    assert teachers == {"procedural", "llama.cpp", "embedded", "hf", "openai", "vllm"}
+    bad = run(
+        "synth",
+        "--problems",
+        str(bench),
+        "--out",
+        str(tmp_path / "t"),
+        "--teacher",
+        "gpt:x",
+        code=1,
+    )
+    assert "unknown teacher 'gpt'" in bad.stderr

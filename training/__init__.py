@@ -1,7 +1,7 @@
-"""Cas-SEAT data synthesis (teachers, cascade prompting, DDF, mixing) and SFT. Built by issues 3 (synth) and 4 (sft); registers its teachers in casseat_edge.registry.TEACHERS.
+"""Training-side stages: `training.synth` (Cas-SEAT data synthesis: teachers, cascade prompting,
+Double-level Data Filtering, mixing). Supervised fine-tuning (`training.sft`) is still to come.
 
-This stage package is not implemented yet: it holds no entries, and the CLI says so for its
-commands.
+Teachers register in `casseat_edge.registry.TEACHERS` when `training.synth.teachers` is imported.
 """
 
 from __future__ import annotations

@@ -1,0 +1,182 @@
+"""`casseat-edge synth` end to end: the procedural teacher at scale, the real packaged SmolLM2
+through llama.cpp (stage 2 continuing from stage 1's KV cache), the hf teacher on tiny VLMs, and a
+run killed with SIGKILL that resumes without duplicates or losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from casseat_edge.artifacts import read_jsonl
+from casseat_edge.bench import BenchConfig, make_bench
+from casseat_edge.errors import ConfigError
+from casseat_edge.prompts import PROMPT_HASH
+from training.synth import SynthConfig, synthesize
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "b"
+    make_bench(BenchConfig(out=str(out), n=480, seed=11, test_fraction=0.25))  # >300 train
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return [row for _, row in read_jsonl(path)]
+
+
+def test_procedural_300_problems(bench, tmp_path):
+    start = time.perf_counter()
+    stats = synthesize(
+        SynthConfig(
+            problems=str(bench),
+            teacher="procedural",
+            out=str(tmp_path / "s"),
+            limit=300,
+            error_rate=0.3,
+            eval_error_rate=0.1,
+            seed=2,
+        )
+    )
+    seconds = time.perf_counter() - start
+    print(f"procedural: 300 problems in {seconds:.2f} s, {json.dumps(stats['keep_rate'])}")
+    assert stats["problems"] == 300 and stats["teacher_errors"] == 0
+    assert set(stats["verdicts"]) == {"Accept", "Refine"}
+    labeled = stats["rejections"]["labeled"]
+    assert labeled["stage1_incorrect"] > 50 and sum(labeled.values()) > labeled["stage1_incorrect"]
+    samples = _rows(tmp_path / "s" / "samples.jsonl")
+    heldout = _rows(tmp_path / "s" / "heldout.jsonl")
+    kinds = {s["kind"] for s in samples}
+    assert kinds == {"cot", "eval"}
+    evals = sum(s["kind"] == "eval" for s in samples)
+    assert abs(evals / len(samples) - 0.5) < 0.02
+    assert all(s["teacher"]["prompt_hash"] == PROMPT_HASH for s in samples)
+    assert not {s["image"] for s in samples} & {s["image"] for s in heldout}
+    assert all((tmp_path / "s" / s["image"]).is_file() for s in samples)
+    rejected = _rows(tmp_path / "s" / "rejected.jsonl")
+    assert len(rejected) == sum(sum(v.values()) for v in stats["rejections"].values())
+    import datasets
+
+    dataset = datasets.load_dataset(
+        "json", data_files=str(tmp_path / "s" / "samples.jsonl"), split="train"
+    )
+    assert len(dataset) == len(samples) and dataset[0]["messages"][0]["role"] == "user"
+
+
+def test_seat_mode(bench, tmp_path):
+    stats = synthesize(
+        SynthConfig(
+            problems=str(bench),
+            teacher="procedural",
+            out=str(tmp_path / "s"),
+            mode="seat",
+            limit=60,
+        )
+    )
+    samples = _rows(tmp_path / "s" / "samples.jsonl")
+    assert {s["kind"] for s in samples} == {"seat"} and stats["keep_rate"]["seat"] > 0.5
+
+
+def test_out_dir_guard_and_resume_config_check(bench, tmp_path):
+    config = SynthConfig(
+        problems=str(bench), teacher="procedural", out=str(tmp_path / "s"), limit=5
+    )
+    synthesize(config)
+    with pytest.raises(ConfigError, match="already exists and is not empty; pass --resume"):
+        synthesize(config)
+    with pytest.raises(ConfigError, match="--resume needs the same settings"):
+        synthesize(
+            SynthConfig(**{**config.to_dict(), "resume": True, "error_rate": 0.9, "families": ()})
+        )
+    again = synthesize(SynthConfig(**{**config.to_dict(), "resume": True, "families": ()}))
+    assert again["problems"] == 5 and again["throughput"]["problems_per_s"] == 0.0
+
+
+def test_embedded_smollm2_teacher_real_cascade(bench, tmp_path):
+    stats = synthesize(
+        SynthConfig(
+            problems=str(bench),
+            teacher="embedded:smollm2-135m-instruct",
+            out=str(tmp_path / "s"),
+            limit=10,
+            max_new_tokens=96,
+        )
+    )
+    print(
+        "embedded teacher:",
+        json.dumps({k: stats[k] for k in ("keep_rate", "rejections", "throughput")}),
+    )
+    outputs = _rows(tmp_path / "s" / "teacher_outputs.jsonl")
+    assert len(outputs) == 10 and not any(o["error"] for o in outputs)
+    for output in outputs:
+        s1, s2 = output["stats"]["stage1"], output["stats"]["stage2"]
+        assert output["stage1"] and output["stage2"] is not None
+        # stage 2 continues from stage 1's KV cache: only its own new tokens are evaluated
+        assert s2["new_prefill_tokens"] < s2["prompt_tokens"] - s1["prompt_tokens"] + 5
+    assert stats["throughput"]["tokens_per_s"] > 0
+    total = sum(sum(v.values()) for v in stats["rejections"].values())
+    assert total >= 1  # the 135M model is often wrong: DDF has real work
+
+
+@pytest.mark.parametrize("spec", ["hf:tiny:smolvlm", "hf:tiny:qwen2vl"])
+def test_hf_teacher_batched_on_tiny_vlms(bench, tmp_path, spec):
+    synthesize(
+        SynthConfig(
+            problems=str(bench),
+            teacher=spec,
+            out=str(tmp_path / "s"),
+            limit=3,
+            max_new_tokens=6,
+            batch_size=3,
+        )
+    )
+    outputs = _rows(tmp_path / "s" / "teacher_outputs.jsonl")
+    assert len(outputs) == 3 and not any(o["error"] for o in outputs)
+    assert all(o["stats"]["stage1"]["completion_tokens"] <= 6 for o in outputs)
+
+
+def test_sigkill_then_resume_loses_and_duplicates_nothing(bench, tmp_path):
+    out = tmp_path / "s"
+    args = [
+        sys.executable,
+        "-m",
+        "casseat_edge.cli",
+        "--quiet",
+        "synth",
+        "--problems",
+        str(bench),
+        "--teacher",
+        "embedded:smollm2-135m-instruct",
+        "--out",
+        str(out),
+        "--limit",
+        "8",
+        "--max-new-tokens",
+        "48",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    outputs = out / "teacher_outputs.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if outputs.exists() and outputs.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = outputs.read_text().count("\n")
+    assert 2 <= done_before < 8
+    resumed = subprocess.run(
+        args + ["--resume", "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    stats = json.loads(resumed.stdout)
+    pids = [row["pid"] for row in _rows(outputs)]
+    assert len(pids) == len(set(pids)) == 8 == stats["problems"]
