@@ -6,9 +6,11 @@ re-run when its manifest records the same inputs. The stages that exist so far:
 1. `bench`  - the synthetic benchmark with its train / held-out split;
 2. `model`  - the embedded SmolLM2 materialized as an HF directory, its tokenizer checked against
               llama.cpp's on every benchmark question (the student's text model must tokenize
-              exactly as the deployed GGUF does).
+              exactly as the deployed GGUF does);
+3. `synth`  - Cas-SEAT data from the procedural teacher on the train split, and a small slice from
+              the real packaged SmolLM2 teacher (llama.cpp), both through DDF.
 
-Synthesis, training, export, evaluation and the report are appended by the issues that build them;
+Training, export, evaluation and the report are appended by the issues that build them;
 `pipeline.json` lists what ran and what is still to come.
 
     summary = run_pipeline(PipelineConfig(out="runs/main"))
@@ -17,6 +19,8 @@ Synthesis, training, export, evaluation and the report are appended by the issue
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +31,6 @@ from casseat_edge.config import StageConfig, option
 from casseat_edge.errors import CasseatError, ConfigError, ParityError
 
 PENDING_STAGES = {
-    "synth": "Cas-SEAT data synthesis (issue 3)",
     "train": "student fine-tuning (issue 4)",
     "export": "GGUF / ONNX / bitsandbytes artifacts (issue 5)",
     "eval": "cascaded evaluation on every backend x quant (issues 6, 7)",
@@ -44,6 +47,10 @@ class PipelineConfig(StageConfig):
     seed: int = option(7, "seed for the benchmark and every later stage")
     n: int = option(1000, "benchmark size (the --fast run uses 120)")
     model: str = option("embedded:smollm2-135m-instruct", "the student's base model spec")
+    real_teacher: str = option(
+        "embedded:smollm2-135m-instruct", "the real teacher of the small slice"
+    )
+    real_teacher_problems: int = option(10, "problems for the real-teacher slice (--fast: 3)")
 
     def __post_init__(self) -> None:
         if self.n < 10:
@@ -61,7 +68,7 @@ def run_pipeline(config: PipelineConfig, log: Log = lambda _: None) -> dict[str,
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, Any] = {}
-    for name, stage in (("bench", _bench_stage), ("model", _model_stage)):
+    for name, stage in (("bench", _bench_stage), ("model", _model_stage), ("synth", _synth_stage)):
         start = time.perf_counter()
         log(f"[{name}] running")
         stages[name] = {**stage(config, out, log), "seconds": round(time.perf_counter() - start, 2)}
@@ -106,6 +113,46 @@ def _model_stage(config: PipelineConfig, out: Path, log: Log) -> dict[str, Any]:
     return result
 
 
+def _synth_stage(config: PipelineConfig, out: Path, log: Log) -> dict[str, Any]:
+    from training.synth import SynthConfig, synthesize
+    from training.synth.run import run_settings
+
+    slice_n = min(config.real_teacher_problems, 3) if config.fast else config.real_teacher_problems
+    runs = {
+        "procedural": SynthConfig(
+            problems=str(out / "bench"),
+            teacher="procedural",
+            out=str(out / "synth"),
+            seed=config.seed,
+            resume=True,
+        ),
+        "real": SynthConfig(
+            problems=str(out / "bench"),
+            teacher=config.real_teacher,
+            out=str(out / "synth-real"),
+            seed=config.seed,
+            limit=slice_n,
+            max_new_tokens=192,
+            resume=True,
+        ),
+    }
+    result: dict[str, Any] = {"status": "done"}
+    for name, synth in runs.items():
+        settings = run_settings(synth)
+        if _same_config(
+            Path(synth.out), synth.to_dict(), {"problems": settings["problems_sha256"]}
+        ):
+            log(f"[synth] {name}: unchanged, skipped")
+            result[name] = {"status": "skipped", "path": synth.out}
+            continue
+        _drop_stale_run(Path(synth.out), settings)
+        stats = synthesize(synth)
+        result[name] = {key: stats[key] for key in ("teacher", "problems", "samples", "keep_rate")}
+        result[name]["tokens_per_s"] = stats["throughput"]["tokens_per_s"]
+        log(f"[synth] {name}: keep rate {stats['keep_rate']}")
+    return result
+
+
 def check_tokenizer_parity(ref: Any, problems_path: Path) -> dict[str, Any]:
     """Our HF tokenizer vs llama.cpp's on every question and caption; any difference is a ParityError."""
     try:
@@ -132,8 +179,17 @@ def _texts(row: dict[str, Any]) -> list[str]:
     return [row["question"], row["metadata"].get("caption", ""), *(row.get("choices") or [])]
 
 
-def _same_config(path: Path, config: dict[str, Any]) -> bool:
+def _drop_stale_run(path: Path, settings: dict[str, Any]) -> None:
+    """An interrupted run over other inputs cannot be resumed: start that stage afresh."""
+    run_file = path / "run.json"
+    if run_file.is_file() and json.loads(run_file.read_text()) != settings:
+        shutil.rmtree(path)
+
+
+def _same_config(path: Path, config: dict[str, Any], inputs: dict[str, str] | None = None) -> bool:
+    """True when the stage's manifest records this config (and these input hashes)."""
     try:
-        return read_manifest(path)["config"] == config
+        manifest = read_manifest(path)
     except CasseatError:
         return False
+    return manifest["config"] == config and (inputs is None or manifest["inputs"] == inputs)

@@ -133,6 +133,9 @@ def test_pipeline_fast_runs_and_skips_unchanged_stages(tmp_path):
     assert first["stages"]["model"]["tokenizer_parity"]["texts"] > 120
     second = json.loads(run("pipeline", "--fast", "--out", str(out), "--json").stdout)
     assert second["stages"]["bench"]["status"] == "skipped"
+    assert first["stages"]["synth"]["procedural"]["samples"]["train"]["eval"] > 0
+    assert first["stages"]["synth"]["real"]["problems"] == 3
+    assert second["stages"]["synth"]["procedural"]["status"] == "skipped"
     assert json.loads((out / "pipeline.json").read_text())["stages"]["bench"]["status"] == "skipped"
 
 

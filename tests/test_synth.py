@@ -180,3 +180,21 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(bench, tmp_path):
     stats = json.loads(resumed.stdout)
     pids = [row["pid"] for row in _rows(outputs)]
     assert len(pids) == len(set(pids)) == 8 == stats["problems"]
+
+
+def test_judge_drops_evaluations_it_disagrees_with(bench, tmp_path):
+    """A real (tiny, random) hf judge rarely writes a parseable verdict: most evaluation samples
+    are dropped under `judge_disagrees`, and every judged reply is on disk for --resume."""
+    config = SynthConfig(
+        problems=str(bench),
+        teacher="procedural",
+        out=str(tmp_path / "s"),
+        limit=6,
+        judge="hf:tiny:llama",
+        max_new_tokens=4,
+    )
+    stats = synthesize(config)
+    judged = _rows(tmp_path / "s" / "judge_outputs.jsonl")
+    assert judged and all(set(row) >= {"pid", "verdict", "text"} for row in judged)
+    disagreed = sum(1 for row in judged if row["verdict"] is None)
+    assert stats["rejections"]["labeled"].get("judge_disagrees", 0) == disagreed > 0

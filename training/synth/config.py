@@ -41,6 +41,10 @@ class SynthConfig(StageConfig):
     retries: int = option(3, "retries with exponential backoff per request (openai teacher)")
     n_ctx: int = option(4096, "context window for llama.cpp teachers")
     threads: int = option(0, "CPU threads for llama.cpp / torch teachers (0: all cores)")
+    judge: str = option(
+        "",
+        "optional judge teacher spec: evaluation samples whose verdict it disagrees with are dropped",
+    )
     families: tuple[str, ...] = option((), "source filter: keep only these metadata.family values")
     max_question_chars: int = option(2000, "source filter: longest question kept")
     max_image_pixels: int = option(16_000_000, "source filter: largest image (width x height) kept")

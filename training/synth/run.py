@@ -35,6 +35,7 @@ from casseat_edge.loaders import load_problems
 from casseat_edge.prompts import prompt_info
 from training.synth.config import SynthConfig
 from training.synth.ddf import Rejection, label_output, source_filter
+from training.synth.judge import apply_judge, read_judged, run_judge
 from training.synth.mix import build_samples, held_out_group, mix
 from training.synth.teachers import SynthItem, make_teacher
 
@@ -71,7 +72,7 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
 
 def _prepare(out: Path, config: SynthConfig) -> None:
     run_file = out / RUN_FILE
-    wanted = {k: v for k, v in config.to_dict().items() if k not in RESUME_IGNORES}
+    wanted = run_settings(config)
     if out.exists() and any(out.iterdir()):
         if not config.resume:
             raise ConfigError(
@@ -87,6 +88,12 @@ def _prepare(out: Path, config: SynthConfig) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_file, wanted)
+
+
+def run_settings(config: SynthConfig) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: the settings and the problems."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in RESUME_IGNORES}
+    return {**settings, "problems_sha256": _problems_hash(config.problems)}
 
 
 def _run_teacher(
@@ -126,11 +133,26 @@ def _finalize(
 ) -> dict[str, Any]:
     by_pid = {p["pid"]: p for p in kept}
     outputs = {row["pid"]: row for _, row in read_jsonl(out / OUTPUTS) if row["pid"] in by_pid}
+    labeled_all = {pid: label_output(output, by_pid[pid]) for pid, output in outputs.items()}
+    if config.judge:
+        image = {pid: root / p["image"] if p.get("image") else None for pid, p in by_pid.items()}
+        run_judge(
+            config,
+            out,
+            [
+                (by_pid[pid], outputs[pid], image[pid])
+                for pid, lab in labeled_all.items()
+                if lab.eval
+            ],
+        )
+        judged = read_judged(out)
+        for labeled in labeled_all.values():
+            apply_judge(labeled, judged)
     rejections = list(source_rejections)
     train, heldout = [], []
     for pid, output in outputs.items():
         problem = by_pid[pid]
-        labeled = label_output(output, problem)
+        labeled = labeled_all[pid]
         rejections += labeled.rejections
         image_hash, image = _copy_image(problem, root, out)
         samples = build_samples(labeled, output, problem, config.teacher, image)
