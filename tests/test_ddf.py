@@ -161,6 +161,9 @@ def test_samples_messages_and_mix():
     mixed, _ = mix(pool, 0.2, seed=1)
     assert sum(s["kind"] == "eval" for s in mixed) == 8  # round(0.2 / 0.8 * 30)
     assert mix(pool, 0.2, seed=1) == mix(pool, 0.2, seed=1)
+    only_cot = [s for s in pool if s["kind"] == "cot"]
+    assert mix(only_cot, 0.5, seed=1) == (only_cot, {"cot": 0, "eval": 0})
+    assert mix(only_cot, 1.0, seed=1) == ([], {"cot": 30, "eval": 0})
 
 
 def test_held_out_split_is_by_image_and_seeded():

@@ -79,7 +79,8 @@ def held_out_group(image_hash: str | None, pid: str, seed: int, fraction: float)
 def mix(
     samples: list[dict[str, Any]], eval_fraction: float, seed: int
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Downsample CoT or evaluation samples so evaluation samples make up `eval_fraction`."""
+    """Downsample CoT or evaluation samples so evaluation samples make up `eval_fraction`.
+    When one kind is missing altogether the other is kept whole (stats show the actual share)."""
     cot = [s for s in samples if s["kind"] == "cot"]
     evals = [s for s in samples if s["kind"] == "eval"]
     other = [s for s in samples if s["kind"] not in ("cot", "eval")]
@@ -88,6 +89,8 @@ def mix(
         cot = []
     elif eval_fraction <= 0.0:
         evals = []
+    elif not cot or not evals:
+        pass  # the ratio cannot be met: keep what there is rather than an empty dataset
     elif len(evals) > round(eval_fraction / (1 - eval_fraction) * len(cot)):
         evals = _subsample(evals, round(eval_fraction / (1 - eval_fraction) * len(cot)), rng)
     else:
