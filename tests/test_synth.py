@@ -198,3 +198,39 @@ def test_judge_drops_evaluations_it_disagrees_with(bench, tmp_path):
     assert judged and all(set(row) >= {"pid", "verdict", "text"} for row in judged)
     disagreed = sum(1 for row in judged if row["verdict"] is None)
     assert stats["rejections"]["labeled"].get("judge_disagrees", 0) == disagreed > 0
+
+
+def test_llama_cpp_path_teacher_and_mmproj_refusal(bench, tmp_path):
+    from casseat_edge.errors import BackendUnavailableError, ModelSpecError
+    from casseat_edge.models import embedded_gguf
+
+    gguf = tmp_path / "models" / "smollm2.gguf"
+    gguf.parent.mkdir()
+    gguf.symlink_to(embedded_gguf())
+    stats = synthesize(
+        SynthConfig(
+            problems=str(bench),
+            teacher=f"llama.cpp:{gguf}",
+            out=str(tmp_path / "s"),
+            limit=2,
+            max_new_tokens=16,
+        )
+    )
+    assert stats["problems"] == 2 and stats["teacher_errors"] == 0
+    with pytest.raises(ModelSpecError, match="is not a .gguf file"):
+        synthesize(
+            SynthConfig(
+                problems=str(bench),
+                teacher=f"llama.cpp:{tmp_path}/nope.gguf",
+                out=str(tmp_path / "t"),
+                limit=1,
+            )
+        )
+    assert not (tmp_path / "t").exists()  # nothing to clean up before retrying with a good spec
+    (gguf.parent / "mmproj-smollm2.gguf").write_bytes(b"")
+    with pytest.raises(BackendUnavailableError, match="libmtmd driver"):
+        synthesize(
+            SynthConfig(
+                problems=str(bench), teacher=f"llama.cpp:{gguf}", out=str(tmp_path / "u"), limit=1
+            )
+        )

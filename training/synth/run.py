@@ -55,8 +55,11 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
         for r in problems.rows
         if not config.split or r["metadata"].get("split", config.split) == config.split
     ]
-    _prepare(out, config)
-    teacher = make_teacher(config.teacher, config)
+    fresh = _prepare(out, config)
+    teacher = make_teacher(config.teacher, config)  # a bad teacher spec fails before --out exists
+    if fresh:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RUN_FILE, run_settings(config))
     try:
         kept, source_rejections = source_filter(
             rows, problems.root, config, not teacher.sees_images
@@ -70,24 +73,23 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
     return _finalize(out, config, kept, problems.root, source_rejections, done_now, elapsed)
 
 
-def _prepare(out: Path, config: SynthConfig) -> None:
+def _prepare(out: Path, config: SynthConfig) -> bool:
+    """Check --out against --resume; True when a new run must be started there."""
     run_file = out / RUN_FILE
-    wanted = run_settings(config)
-    if out.exists() and any(out.iterdir()):
-        if not config.resume:
-            raise ConfigError(
-                f"{out} already exists and is not empty; pass --resume to continue it, "
-                "or choose another --out"
-            )
-        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
-        if previous != wanted:
-            raise ConfigError(
-                f"{out}: --resume needs the same settings as the interrupted run "
-                f"(see {run_file}); start a new --out to change them"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_file, wanted)
+    if not (out.exists() and any(out.iterdir())):
+        return True
+    if not config.resume:
+        raise ConfigError(
+            f"{out} already exists and is not empty; pass --resume to continue it, "
+            "or choose another --out"
+        )
+    previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if previous != run_settings(config):
+        raise ConfigError(
+            f"{out}: --resume needs the same settings as the interrupted run "
+            f"(see {run_file}); start a new --out to change them"
+        )
+    return False
 
 
 def run_settings(config: SynthConfig) -> dict[str, Any]:
