@@ -76,12 +76,15 @@ def final_answer_line(value: str) -> str:
     return f"{FINAL_ANSWER_PREFIX} {' '.join(str(value).split())}"
 
 
-def extract(response: str, problem: dict[str, Any]) -> str | None:
-    """The normalized answer in `response` for `problem`, or None when none is found."""
+def extract(response: str, problem: dict[str, Any], *, strict: bool = False) -> str | None:
+    """The normalized answer in `response` for `problem`, or None when none is found.
+
+    `strict` (for filtering training data, not for scoring) refuses the benchmark rules' lenient
+    guesses: no nearest-option fallback, and no truncation of a non-integer to an integer."""
     if not isinstance(response, str):
         return None
     candidate = candidate_text(response)
-    return None if candidate is None else normalize(candidate, problem)
+    return None if candidate is None else normalize(candidate, problem, strict=strict)
 
 
 def is_correct(prediction: str | None, problem: dict[str, Any]) -> bool:
@@ -102,17 +105,19 @@ def is_correct(prediction: str | None, problem: dict[str, Any]) -> bool:
     return predicted.casefold() == expected.casefold()
 
 
-def normalize(value: str, problem: dict[str, Any]) -> str | None:
+def normalize(value: str, problem: dict[str, Any], *, strict: bool = False) -> str | None:
     """Candidate text -> the canonical answer string for `problem`'s type, or None if unusable."""
     if value is None:
         return None
     text = str(value)
     kind = answer_kind(problem)
     if kind == "multi_choice":
-        return _normalize_choice(text, problem)
+        return _normalize_choice(text, problem, strict)
     if kind in ("integer", "float"):
         number = parse_number(text, problem.get("unit"))
-        return None if number is None else _format_number(number, kind, problem.get("precision"))
+        if number is None or (strict and kind == "integer" and number.denominator != 1):
+            return None
+        return _format_number(number, kind, problem.get("precision"))
     return _normalize_text(text)
 
 
@@ -268,7 +273,7 @@ def _floats_equal(a: float, b: float, precision: Any) -> bool:
 # --- multiple choice ---------------------------------------------------------------------------
 
 
-def _normalize_choice(text: str, problem: dict[str, Any]) -> str | None:
+def _normalize_choice(text: str, problem: dict[str, Any], strict: bool = False) -> str | None:
     choices = [str(c) for c in problem.get("choices") or []]
     text = _strip_markup(text)
     if not text:
@@ -280,7 +285,7 @@ def _normalize_choice(text: str, problem: dict[str, Any]) -> str | None:
         found = matcher(text, choices)
         if found is not None:
             return found
-    return _nearest_choice(text, choices)
+    return None if strict else _nearest_choice(text, choices)
 
 
 def _letters_only(choices: list[str]) -> bool:

@@ -127,7 +127,11 @@ def seat_messages(problem: dict[str, Any]) -> list[dict[str, Any]]:
     return [user(f"{question_block(problem)}\n{SEAT_INSTRUCTION}", has_image(problem))]
 
 
-_VERDICT = re.compile(r"verdict\s*\**\s*:\s*\**\s*\[?\s*(accept|refine)\b", re.IGNORECASE)
+# a verdict is a line of its own holding exactly one verdict word, so an echoed instruction
+# ("Verdict: Accept or Refine") is not read as one
+_VERDICT = re.compile(
+    r"^[\W_]*verdict[\W_]*:[\W_]*(accept|refine)[\W_]*$", re.IGNORECASE | re.MULTILINE
+)
 
 
 def parse_verdict(text: str) -> str | None:

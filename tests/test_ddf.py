@@ -71,6 +71,21 @@ def test_source_rules(tmp_path):
     assert len(kept) == 2  # a teacher that sees images needs no caption
 
 
+def test_huge_images_are_rejected_before_decoding(tmp_path, monkeypatch):
+    Image.new("1", (5000, 5000)).save(tmp_path / "wide.png")
+    Image.new("RGB", (100, 100)).save(tmp_path / "bomb.png")
+    rows = [
+        {**PROBLEM, "pid": "wide", "image": "wide.png"},
+        {**PROBLEM, "pid": "bomb", "image": "bomb.png", "question": "Other?"},
+    ]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses > 2x this outright
+    _, rejected = source_filter(rows, tmp_path, _config(max_image_pixels=16_000_000), False)
+    assert [(r.pid, r.rule) for r in rejected] == [
+        ("wide", "image_too_large"),
+        ("bomb", "image_too_large"),
+    ]
+
+
 def _output(stage1, stage2, pid="p1"):
     return {
         "pid": pid,
@@ -112,6 +127,16 @@ def test_labeled_rules(stage1, stage2, cot, eval_rule, verdict):
     assert rules == ({eval_rule} if eval_rule else set())
     if verdict:
         assert labeled.eval["verdict"] == verdict and labeled.eval["final_answer"] == "12"
+
+
+def test_filter_extracts_strictly():
+    """Scoring may guess (nearest option, truncation); the training-data filter may not."""
+    garbage = label_output(_output("Final answer: I do not know", "x"), CHOICE)
+    assert "stage1_unparseable" in {r.rule for r in garbage.rejections}
+    truncated = label_output(_output("Final answer: 12.9", "x"), PROBLEM)
+    assert truncated.cot is None and "stage1_unparseable" in {r.rule for r in truncated.rejections}
+    echoed = label_output(_output(RIGHT, "Verdict: Accept or Refine\nFinal answer: 12"), PROBLEM)
+    assert echoed.eval is None and "stage2_unparseable" in {r.rule for r in echoed.rejections}
 
 
 def test_unparseable_stage1_and_teacher_error():

@@ -13,15 +13,26 @@ from casseat_edge.prompts import (
     stage2_messages,
 )
 
-FREE = {"pid": "1", "question": "How tall?", "image": "a.png", "choices": None, "answer": "2.5",
-        "answer_type": "float", "precision": 1, "unit": "cm"}
+FREE = {
+    "pid": "1",
+    "question": "How tall?",
+    "image": "a.png",
+    "choices": None,
+    "answer": "2.5",
+    "answer_type": "float",
+    "precision": 1,
+    "unit": "cm",
+}
 
 
 @pytest.mark.parametrize(
     ("changes", "hint"),
     [
         ({}, "Answer with a number in cm rounded to 1 decimal place, e.g. 1.5."),
-        ({"precision": 2, "unit": None}, "Answer with a number rounded to 2 decimal places, e.g. 1.50."),
+        (
+            {"precision": 2, "unit": None},
+            "Answer with a number rounded to 2 decimal places, e.g. 1.50.",
+        ),
         ({"answer_type": "integer", "unit": None}, "Answer with an integer, e.g. 2, 15, 120."),
         ({"choices": ["1", "2", "3"]}, "Answer with the letter of the correct choice (A, B, C)."),
         ({"answer_type": "text"}, "Answer with a short phrase."),
@@ -49,7 +60,9 @@ def test_stage_layout():
         ("Step 2 is wrong.\nVerdict: Refine\nFinal answer: 3", "Refine"),
         ("**Verdict:** accept", "Accept"),
         ("Verdict: [Accept]", "Accept"),
-        ("Verdict: Refine ... later Verdict: Accept", "Accept"),
+        ("Verdict: Refine\nthen again\nVerdict: Accept.", "Accept"),
+        ("End with:\nVerdict: Accept or Refine\nFinal answer: 3", None),  # an echoed instruction
+        ("So the Verdict: Accept", None),
         ("I accept this.", None),
         ("", None),
     ],
@@ -65,7 +78,13 @@ def test_seat_verdicts_in_order():
 
 def test_hash_covers_every_prompt_text():
     assert len(prompts.PROMPT_HASH) == 16
-    assert prompts.prompt_info() == {"prompt_version": prompts.PROMPT_VERSION,
-                                     "prompt_hash": prompts.PROMPT_HASH}
-    assert set(prompts._TEXTS) >= {prompts.STAGE1_INSTRUCTION, prompts.STAGE2_INSTRUCTION,
-                                   prompts.SEAT_INSTRUCTION, prompts.DIRECT_INSTRUCTION}
+    assert prompts.prompt_info() == {
+        "prompt_version": prompts.PROMPT_VERSION,
+        "prompt_hash": prompts.PROMPT_HASH,
+    }
+    assert set(prompts._TEXTS) >= {
+        prompts.STAGE1_INSTRUCTION,
+        prompts.STAGE2_INSTRUCTION,
+        prompts.SEAT_INSTRUCTION,
+        prompts.DIRECT_INSTRUCTION,
+    }

@@ -234,3 +234,29 @@ def test_llama_cpp_path_teacher_and_mmproj_refusal(bench, tmp_path):
                 problems=str(bench), teacher=f"llama.cpp:{gguf}", out=str(tmp_path / "u"), limit=1
             )
         )
+
+
+def test_resume_retries_problems_that_errored(bench, tmp_path):
+    config = SynthConfig(
+        problems=str(bench), teacher="procedural", out=str(tmp_path / "s"), limit=4
+    )
+    synthesize(config)
+    path = tmp_path / "s" / "teacher_outputs.jsonl"
+    rows = _rows(path)
+    rows[0] = {**rows[0], "stage1": None, "stage2": None, "error": "TimeoutError: slow server"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert (
+        synthesize(SynthConfig(**{**config.to_dict(), "families": (), "resume": True}))[
+            "teacher_errors"
+        ]
+        == 0
+    )
+    rows = _rows(path)
+    assert len(rows) == 5 and rows[-1]["pid"] == rows[0]["pid"] and not rows[-1]["error"]
+
+
+def test_a_split_nobody_has_is_an_error(bench, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"--split val: no problem has that split \(found: test, train\)"
+    ):
+        synthesize(SynthConfig(problems=str(bench), out=str(tmp_path / "s"), split="val"))

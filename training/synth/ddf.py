@@ -5,7 +5,7 @@ questions, answer types we cannot check, duplicates (image hash + normalized que
 allow-list, and missing captions for teachers that cannot see images.
 
 Labeled level, after the teacher: a stage-1 (CoT) sample is kept only when its extracted answer is
-correct; a stage-2 (evaluation) sample only when its verdict is consistent with stage 1's
+correct (extracted strictly: no nearest-option or truncation guesses); a stage-2 (evaluation) sample only when its verdict is consistent with stage 1's
 correctness (correct -> Accept with the same correct answer; incorrect -> Refine with a final answer
 that is correct); unparseable outputs are dropped. A SEAT sample is kept when its final answer is
 correct and it contains at least one self-evaluation verdict.
@@ -118,14 +118,16 @@ def _image_check(
         return "", None, ""
     path = root / problem["image"]
     try:
-        data = path.read_bytes()
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only: the size before any decoding
             width, height = image.size
+            if width * height > max_pixels:
+                return "", "image_too_large", f"{width}x{height} > {max_pixels} pixels"
             image.verify()
+        data = path.read_bytes()
+    except Image.DecompressionBombError:
+        return "", "image_too_large", f"{problem['image']}: over Pillow's decompression-bomb limit"
     except (OSError, UnidentifiedImageError) as exc:
         return "", "image_unreadable", f"{problem['image']}: {exc.__class__.__name__}"
-    if width * height > max_pixels:
-        return "", "image_too_large", f"{width}x{height} > {max_pixels} pixels"
     return hashlib.sha256(data).hexdigest(), None, ""
 
 
@@ -144,7 +146,7 @@ def label_output(output: dict[str, Any], problem: dict[str, Any]) -> Labeled:
 
 
 def _label_cascade(result: Labeled, stage1: str, stage2: str, problem: dict[str, Any]) -> None:
-    answer1 = extract(stage1, problem)
+    answer1 = extract(stage1, problem, strict=True)
     correct1 = is_correct(answer1, problem)
     reject = _rejector(result)
     if answer1 is None:
@@ -153,7 +155,7 @@ def _label_cascade(result: Labeled, stage1: str, stage2: str, problem: dict[str,
         reject("stage1_incorrect", "cot", f"answered {answer1!r}, expected {problem['answer']!r}")
     else:
         result.cot = {"correct": True, "verdict": None, "final_answer": answer1}
-    verdict, answer2 = parse_verdict(stage2), extract(stage2, problem)
+    verdict, answer2 = parse_verdict(stage2), extract(stage2, problem, strict=True)
     rule = _eval_rule(answer1, correct1, verdict, answer2, problem)
     if rule:
         reject(
@@ -190,7 +192,7 @@ def _eval_rule(
 
 
 def _label_seat(result: Labeled, text: str, problem: dict[str, Any]) -> None:
-    answer = extract(text, problem)
+    answer = extract(text, problem, strict=True)
     reject = _rejector(result)
     if answer is None:
         reject("seat_unparseable", "seat", "no final answer found")

@@ -24,7 +24,7 @@ def run_judge(
     """Judge (problem, teacher output, image) triples not judged yet; append one line each."""
     path = out / JUDGE_OUTPUTS
     with JsonlAppender(path) as writer:
-        done = {row["pid"] for _, row in read_jsonl(path)}
+        done = {row["pid"] for _, row in read_jsonl(path) if not row.get("error")}
         todo = [t for t in pending if t[0]["pid"] not in done]
         if not todo:
             return
@@ -35,9 +35,24 @@ def run_judge(
             )
         try:
             for start in range(0, len(todo), judge.batch_size):
-                _judge_batch(judge, todo[start : start + judge.batch_size], writer)
+                _judge_safely(judge, todo[start : start + judge.batch_size], writer)
         finally:
             judge.close()
+
+
+def _judge_safely(
+    judge: ChatTeacher, batch: list[tuple[dict, dict, Path | None]], writer: JsonlAppender
+) -> None:
+    """A failing batch is retried one by one; a failing item is recorded (no verdict) and skipped."""
+    try:
+        _judge_batch(judge, batch, writer)
+    except Exception as exc:  # noqa: BLE001 - one bad problem must not stop the judging
+        if len(batch) > 1:
+            for one in batch:
+                _judge_safely(judge, [one], writer)
+            return
+        error = f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500]
+        writer.write({"pid": batch[0][0]["pid"], "verdict": None, "text": None, "error": error})
 
 
 def _judge_batch(
@@ -74,4 +89,4 @@ def apply_judge(labeled: Labeled, judged: dict[str, dict[str, Any]]) -> None:
 
 def read_judged(out: Path) -> dict[str, dict[str, Any]]:
     path = out / JUDGE_OUTPUTS
-    return {row["pid"]: row for _, row in read_jsonl(path)} if path.exists() else {}
+    return {row["pid"]: row for _, row in read_jsonl(path)} if path.exists() else {}  # newest wins

@@ -24,6 +24,7 @@ from typing import Any
 
 from casseat_edge.artifacts import (
     JsonlAppender,
+    atomic_path,
     read_jsonl,
     sha256_file,
     write_json_atomic,
@@ -50,11 +51,7 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
     """Run the synthesis stage; returns the stats written to `stats.json`."""
     out = Path(config.out)
     problems = load_problems(config.problems, skip_invalid=config.skip_invalid)
-    rows = [
-        r
-        for r in problems.rows
-        if not config.split or r["metadata"].get("split", config.split) == config.split
-    ]
+    rows = _select_split(problems.rows, config.split)
     fresh = _prepare(out, config)
     teacher = make_teacher(config.teacher, config)  # a bad teacher spec fails before --out exists
     if fresh:
@@ -71,6 +68,20 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
     finally:
         teacher.close()
     return _finalize(out, config, kept, problems.root, source_rejections, done_now, elapsed)
+
+
+def _select_split(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """Rows of `split`; rows without a split belong to every split. None left is an error."""
+    if not split:
+        return rows
+    chosen = [r for r in rows if r["metadata"].get("split") in (None, split)]
+    if rows and not chosen:
+        found = sorted({str(r["metadata"].get("split")) for r in rows})
+        raise ConfigError(
+            f"--split {split}: no problem has that split (found: {', '.join(found)}); "
+            "pass one of those, or --split '' for all"
+        )
+    return chosen
 
 
 def _prepare(out: Path, config: SynthConfig) -> bool:
@@ -107,7 +118,9 @@ def _run_teacher(
     progress: Progress | None,
 ) -> int:
     with JsonlAppender(out / OUTPUTS) as writer:  # cuts a torn last line before reading pids again
-        done = {row["pid"] for _, row in read_jsonl(out / OUTPUTS)}
+        # a problem whose last record is an error is tried again; the newest record wins later
+        last = {row["pid"]: row for _, row in read_jsonl(out / OUTPUTS)}
+        done = {pid for pid, row in last.items() if not row.get("error")}
         pending = [
             SynthItem(p, root / p["image"] if p.get("image") else None)
             for p in kept
@@ -190,12 +203,13 @@ def _copy_image(problem: dict[str, Any], root: Path, out: Path) -> tuple[str | N
     digest = sha256_file(source)
     rel = f"images/{digest[:16]}{source.suffix.lower()}"
     target = out / rel
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(source, target)
-        except OSError:
-            shutil.copyfile(source, target)
+    if not target.exists():  # the name is the content hash: an existing file is complete
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
     return digest, rel
 
 
