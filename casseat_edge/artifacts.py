@@ -128,6 +128,12 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) from a string, the same on every machine and Python run (for splits)."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def dir_size(path: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
@@ -178,8 +184,9 @@ def read_manifest(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     return manifest
 
 
-def prepare_out_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Create an empty output directory; an existing non-empty one needs `overwrite`."""
+def prepare_out_dir(path: str | Path, overwrite: bool = False, kind: str | None = None) -> Path:
+    """Create an empty output directory. A non-empty one is replaced only with `overwrite`, and
+    only when it is an artifact of `kind` (its manifest says so): never an arbitrary folder."""
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         if not overwrite:
@@ -187,6 +194,19 @@ def prepare_out_dir(path: str | Path, overwrite: bool = False) -> Path:
                 f"{path} already exists and is not empty; delete it, pass --overwrite, "
                 "or choose another --out"
             )
+        found = _manifest_kind(path)
+        if kind is not None and found != kind:
+            raise CasseatError(
+                f"{path} is not a casseat-edge {kind} directory (its manifest kind: {found}); "
+                "--overwrite only replaces those: delete it yourself or choose another --out"
+            )
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _manifest_kind(path: Path) -> str | None:
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None

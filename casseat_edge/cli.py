@@ -32,11 +32,19 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except CasseatError as exc:
+        except (CasseatError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            click.echo(f"error: {_one_line(exc)}", err=True)
+            sys.exit(getattr(exc, "exit_code", 1))
+
+
+def _one_line(exc: Exception) -> str:
+    """CasseatErrors are written as one line; an OSError becomes `PATH: reason`."""
+    if isinstance(exc, OSError) and not isinstance(exc, CasseatError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -312,7 +320,7 @@ def pipeline(ctx: click.Context, config_file: str | None, as_json: bool, **param
     from casseat_edge.pipeline import PipelineConfig, run_pipeline
 
     config = load_config(PipelineConfig, config_file, cli_overrides(params))
-    quiet = as_json or ctx.obj.get("quiet")
+    quiet = as_json or ctx.obj.get("quiet") or not sys.stderr.isatty()
     summary = run_pipeline(config, log=lambda msg: None if quiet else click.echo(msg, err=True))
     emit(summary, as_json, _render_pipeline)
 

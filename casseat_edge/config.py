@@ -88,12 +88,22 @@ def coerce(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C
             f"valid keys: {', '.join(sorted(names))}"
         )
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _convert(k, v, hints[k], source) for k, v in values.items()}
+    kwargs, problems = {}, []
+    for key, value in values.items():
+        try:
+            kwargs[key] = _convert(key, value, hints[key], source)
+        except ConfigError as exc:
+            problems.append(str(exc).removeprefix(f"{source}: "))
+    if problems:
+        raise ConfigError(f"{source}: " + "; ".join(problems))
     return cls(**kwargs)
 
 
 def _convert(name: str, value: Any, hint: Any, source: str) -> Any:
     origin = get_origin(hint)
+    scalar = _base_type(hint) if origin is not Literal else None
+    if scalar in (int, float, str, bool) and origin is not tuple:
+        return _check_scalar(name, value, scalar, source)
     if origin is tuple and isinstance(value, (list, tuple)):
         return tuple(value)
     if origin is tuple and isinstance(value, str):
@@ -102,6 +112,16 @@ def _convert(name: str, value: Any, hint: Any, source: str) -> Any:
         choices = ", ".join(map(str, get_args(hint)))
         raise ConfigError(f"{source}: {name}={value!r} is not one of: {choices}")
     return value
+
+
+def _check_scalar(name: str, value: Any, kind: type, source: str) -> Any:
+    """YAML gives ints, floats, strings and booleans: accept exactly the field's type
+    (an int where a float is expected too), so `limit: "5"` or `seed: 1.5` is an error."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {name}={value!r} is not a {kind.__name__}")
 
 
 def click_options(cls: type[StageConfig], *, skip: tuple[str, ...] = ()) -> Callable:

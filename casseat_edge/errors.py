@@ -11,7 +11,9 @@ class CasseatError(Exception):
 
 
 class ConfigError(CasseatError):
-    """A config value, flag or YAML key is invalid."""
+    """A config value, flag or YAML key is invalid: a usage error (exit 2)."""
+
+    exit_code = 2
 
 
 class UnknownNameError(ConfigError):

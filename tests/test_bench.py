@@ -266,12 +266,3 @@ def test_override_of_a_missing_step_is_a_data_error() -> None:
     row, _ = build_problem("bar_chart", 0)
     with pytest.raises(DataError, match="overrides"):
         evaluate_trace(row["metadata"]["trace"], {99: 1})
-
-
-def test_speed_report(tmp_path: Path) -> None:
-    started = time.perf_counter()
-    make_bench(BenchConfig(out=str(tmp_path), n=90))
-    per_problem = (time.perf_counter() - started) / 90
-    print(
-        f"\nmake_bench: {per_problem * 1000:.1f} ms/problem, ~{per_problem * 1000:.1f} s for n=1000"
-    )

@@ -79,7 +79,7 @@ def test_bench_make_check_and_score(tmp_path):
 
 
 def test_bench_make_bad_flag_is_usage_error(tmp_path):
-    result = run("bench", "make", "--out", str(tmp_path / "b"), "--families", "pie_charts", code=1)
+    result = run("bench", "make", "--out", str(tmp_path / "b"), "--families", "pie_charts", code=2)
     assert "pie_charts" in result.stderr and result.stderr.count("\n") == 1
 
 
@@ -167,7 +167,7 @@ def test_synth_cli_json_and_teachers_listed(tmp_path):
         ).stdout
     )
     assert stats["problems"] > 20 and stats["samples"]["train"]
-    again = run("synth", "--problems", str(bench), "--out", str(tmp_path / "s"), code=1)
+    again = run("synth", "--problems", str(bench), "--out", str(tmp_path / "s"), code=2)
     assert "pass --resume" in again.stderr
     teachers = {
         row["name"] for row in json.loads(run("list", "teachers", "--json").stdout)["entries"]
@@ -181,6 +181,18 @@ def test_synth_cli_json_and_teachers_listed(tmp_path):
         str(tmp_path / "t"),
         "--teacher",
         "gpt:x",
-        code=1,
+        code=2,
     )
     assert "unknown teacher 'gpt'" in bad.stderr
+
+
+def test_os_errors_and_bad_yaml_types_are_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = run("bench", "make", "--out", str(blocker / "sub"), "--n", "3", code=1)
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+    config = tmp_path / "c.yaml"
+    config.write_text('n: "5"\nseed: 1.5\n')
+    result = run("bench", "make", "--config", str(config), "--out", str(tmp_path / "b"), code=2)
+    assert "n='5' is not a int; seed=1.5 is not a int" in result.stderr

@@ -98,5 +98,9 @@ def test_atomic_json_and_out_dir_guard(tmp_path):
         CasseatError, match="already exists and is not empty; delete it, pass --overwrite"
     ):
         prepare_out_dir(tmp_path / "x")
-    assert prepare_out_dir(tmp_path / "x", overwrite=True).is_dir()
+    with pytest.raises(CasseatError, match="is not a casseat-edge bench directory"):
+        prepare_out_dir(tmp_path / "x", overwrite=True, kind="bench")
+    assert (tmp_path / "x" / "f.json").exists()  # an arbitrary folder is never deleted
+    write_manifest(tmp_path / "x", "bench", {})
+    assert prepare_out_dir(tmp_path / "x", overwrite=True, kind="bench").is_dir()
     assert not (tmp_path / "x" / "f.json").exists()

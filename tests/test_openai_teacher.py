@@ -277,3 +277,16 @@ def stage1(item: SynthItem) -> list[dict[str, Any]]:
     from casseat_edge.prompts import stage1_messages
 
     return stage1_messages(item.problem)
+
+
+def test_api_key_is_never_sent_over_plain_http_to_another_host(monkeypatch):
+    from casseat_edge.errors import ConfigError
+    from training.synth.config import SynthConfig
+    from training.synth.teachers.openai import OpenAITeacher
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    config = SynthConfig(problems="x")
+    with pytest.raises(ConfigError, match="refusing to send \\$OPENAI_API_KEY over plain http"):
+        OpenAITeacher("openai:http://10.1.2.3:8000/v1#m", "http://10.1.2.3:8000/v1#m", config)
+    assert OpenAITeacher("openai:https://api.example/v1#m", "https://api.example/v1#m", config)
+    assert OpenAITeacher("openai:http://127.0.0.1:9/v1#m", "http://127.0.0.1:9/v1#m", config)

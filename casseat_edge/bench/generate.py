@@ -24,6 +24,7 @@ from typing import Any
 from casseat_edge.artifacts import (
     prepare_out_dir,
     sha256_file,
+    stable_fraction,
     write_bytes_atomic,
     write_jsonl_atomic,
     write_manifest,
@@ -96,8 +97,7 @@ def schedule(config: BenchConfig) -> Iterator[tuple[str, int]]:
 
 def split_of(pid: str, seed: int, test_fraction: float) -> str:
     """'test' for a seeded-hash fraction of pids, else 'train'; stable as n grows."""
-    digest = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+    return "test" if stable_fraction(f"{seed}:{pid}") < test_fraction else "train"
 
 
 def build_problem(
@@ -175,7 +175,9 @@ def make_bench(
 ) -> dict[str, Any]:
     """Write problems.jsonl, images/<pid>.png and casseat.json under `config.out`; summarize."""
     started = time.perf_counter()
-    out = prepare_out_dir(config.out, config.overwrite)
+    out = prepare_out_dir(config.out, config.overwrite, kind="bench")
+    # claims the directory for `--overwrite` if the run is killed; config None: not complete
+    write_manifest(out, "bench", None, complete=False)
     rows: list[dict[str, Any]] = []
     seen: set[bytes] = set()
     for done, (family, index) in enumerate(schedule(config), 1):

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from casseat_edge.answers import LETTERS
 from casseat_edge.artifacts import parse_json_object, write_bytes_atomic
 from casseat_edge.errors import DataError
 
 # The question text of rows whose whole question is drawn in the image (MathVerse "Vision Only").
 IMAGE_ONLY_QUESTION = "Answer the question shown in the image."
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif"}
 _INTEGER = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+)")
@@ -169,10 +169,12 @@ def image(src: Source, pid: str, where: str, *values: Any) -> Any:
 
 
 def _extract(data: bytes, pid: str, src: Source, where: str) -> str:
-    rel = src.image_rel / f"{safe_name(pid)}{image_suffix(data, where)}"
+    # the content hash in the name: two rows with one pid (a duplicate that validation will
+    # report) never overwrite each other's image, and an existing file is already complete
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    rel = src.image_rel / f"{safe_name(pid)}-{digest}{image_suffix(data, where)}"
     target = src.root / rel
-    same = target.is_file() and target.stat().st_size == len(data) and target.read_bytes() == data
-    if not same:
+    if not target.is_file():
         write_bytes_atomic(target, data)
     src.extracted += 1
     return rel.as_posix()

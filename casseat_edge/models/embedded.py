@@ -8,12 +8,15 @@ the weights dequantized to an ordinary transformers directory (fp32 safetensors,
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
 from casseat_edge.artifacts import sha256_file, write_manifest
 from casseat_edge.errors import BackendUnavailableError, ModelSpecError
 from casseat_edge.models.store import casseat_home, materialize
+
+BUILDER_VERSION = "1"  # bump when the conversion below changes: cached copies are rebuilt
 
 EMBEDDED = {
     "smollm2-135m-instruct": {
@@ -51,19 +54,22 @@ def embedded_tokenizer_dir(name: str = "smollm2-135m-instruct") -> Path:
     """A directory with our rebuilt tokenizer (tokenizer.json + config) for the embedded model."""
     gguf = embedded_gguf(name)
 
+    inputs = {"gguf": _gguf_id(gguf), "builder": BUILDER_VERSION}
+
     def build(tmp: Path) -> None:
         from casseat_edge.models.tokenizer import tokenizer_from_gguf
 
         tokenizer_from_gguf(gguf).save_pretrained(tmp)
-        write_manifest(tmp, "tokenizer", {"source": f"embedded:{name}"}, {"gguf": _gguf_id(gguf)})
+        write_manifest(tmp, "tokenizer", {"source": f"embedded:{name}"}, inputs)
 
-    return materialize(casseat_home() / "tokenizers" / name, build)
+    return materialize(casseat_home() / "tokenizers" / name, build, inputs)
 
 
 def embedded_hf_dir(name: str = "smollm2-135m-instruct") -> Path:
     """An ordinary HF model directory of the embedded model (dequantized fp32 weights)."""
     gguf = embedded_gguf(name)
     tok_dir = embedded_tokenizer_dir(name)
+    inputs = {"gguf": _gguf_id(gguf), "builder": BUILDER_VERSION}
 
     def build(tmp: Path) -> None:
         import torch
@@ -80,14 +86,15 @@ def embedded_hf_dir(name: str = "smollm2-135m-instruct") -> Path:
             tmp,
             "model",
             {"source": f"embedded:{name}", "dtype": "float32"},
-            {"gguf": _gguf_id(gguf)},
+            inputs,
             gguf_path=str(gguf),
             license=EMBEDDED[name]["license"],
         )
 
-    return materialize(casseat_home() / "embedded" / name, build)
+    return materialize(casseat_home() / "embedded" / name, build, inputs)
 
 
+@functools.cache
 def _gguf_id(path: Path) -> str:
-    # hashing 93 MB takes ~0.3 s; the size+mtime pair is not enough when a wheel is reinstalled
+    # hashing 93 MB takes ~0.3 s (once per process); size+mtime cannot tell two wheel versions apart
     return sha256_file(path)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from casseat_edge.artifacts import MANIFEST
+from casseat_edge.artifacts import MANIFEST, read_manifest, write_json_atomic
 from casseat_edge.errors import ModelSpecError
 from casseat_edge.models.archs import ArchSpec, arch_for_config
 from casseat_edge.models.embedded import (
@@ -29,6 +29,7 @@ from casseat_edge.models.store import casseat_home, materialize
 from casseat_edge.registry import ARCHS
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
+TINY_BUILDER_VERSION = "1"  # bump when a tiny config changes: cached tiny models are rebuilt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +107,18 @@ def _resolve_tiny(spec: str) -> ModelRef:
     arch = tinies[name]
     tok_dir = embedded_tokenizer_dir()
     target = casseat_home() / "tiny" / f"{name}-seed{seed}"
-    path = materialize(target, lambda tmp: arch.build_tiny(tmp, tok_dir, seed))
+    inputs = {
+        "tokenizer": read_manifest(tok_dir)["inputs"]["gguf"],
+        "builder": TINY_BUILDER_VERSION,
+        "transformers": _transformers_version(),
+    }
+
+    def build(tmp: Path) -> None:
+        arch.build_tiny(tmp, tok_dir, seed)
+        manifest = read_manifest(tmp)
+        write_json_atomic(tmp / MANIFEST, {**manifest, "inputs": inputs})
+
+    path = materialize(target, build, inputs)
     return ModelRef(spec, "tiny", path, arch)
 
 
@@ -133,6 +145,12 @@ def _resolve_path(spec: str) -> ModelRef:
             "(casseat-edge train --merge) or pass the base model"
         )
     raise ModelSpecError(f"{path}: no config.json or {MANIFEST}; not a model directory")
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
 
 
 def _read_config(path: Path) -> dict[str, Any]:

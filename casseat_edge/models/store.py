@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from casseat_edge.artifacts import MANIFEST
+from casseat_edge.artifacts import MANIFEST, read_manifest
 
 READY_MARKER = MANIFEST
 
@@ -22,11 +22,13 @@ def casseat_home() -> Path:
     return Path(os.environ.get("CASSEAT_HOME", Path.home() / ".cache" / "casseat-edge"))
 
 
-def materialize(target: Path, build: Callable[[Path], None]) -> Path:
-    """Return `target`, building it with `build(tmp_dir)` first if it is not complete yet.
+def materialize(target: Path, build: Callable[[Path], None], inputs: dict[str, str]) -> Path:
+    """Return `target`, (re)building it with `build(tmp_dir)` unless it is complete and was built
+    from the same `inputs` (source hashes, builder version).
 
-    `build` must write `casseat.json` last; its presence marks a complete directory."""
-    if (target / READY_MARKER).is_file():
+    `build` must write `casseat.json` with those inputs last; its presence marks a complete
+    directory."""
+    if _built_from(target, inputs):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -34,8 +36,8 @@ def materialize(target: Path, build: Callable[[Path], None]) -> Path:
         build(tmp)
         if not (tmp / READY_MARKER).is_file():
             raise RuntimeError(f"builder for {target} did not write {READY_MARKER}")
-        if target.exists():  # an older incomplete build, or a concurrent one that finished first
-            if (target / READY_MARKER).is_file():
+        if target.exists():  # stale or incomplete, or a concurrent build that finished first
+            if _built_from(target, inputs):
                 return target
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -43,3 +45,12 @@ def materialize(target: Path, build: Callable[[Path], None]) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _built_from(target: Path, inputs: dict[str, str]) -> bool:
+    if not (target / READY_MARKER).is_file():
+        return False
+    try:
+        return read_manifest(target).get("inputs") == inputs
+    except Exception:  # noqa: BLE001 - an unreadable manifest means: rebuild
+        return False

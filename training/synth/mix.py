@@ -9,10 +9,10 @@ the final assistant turn). A SEAT sample is the long prompt and its reply.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from typing import Any
 
+from casseat_edge.artifacts import stable_fraction
 from casseat_edge.prompts import (
     assistant,
     prompt_info,
@@ -71,9 +71,7 @@ def _sample(
 
 def held_out_group(image_hash: str | None, pid: str, seed: int, fraction: float) -> bool:
     """True when the problem's image goes to the held-out split (decided per image content)."""
-    key = f"{seed}:{image_hash or 'pid:' + pid}"
-    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    return bucket < fraction
+    return stable_fraction(f"{seed}:{image_hash or 'pid:' + pid}") < fraction
 
 
 def mix(

@@ -71,6 +71,12 @@ class _Retryable(Exception):
         self.connection = connection
 
 
+def _safe_for_secrets(url: str) -> bool:
+    """https anywhere, or http to this machine only."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.scheme == "https" or parsed.hostname in ("127.0.0.1", "localhost", "::1")
+
+
 def parse_spec(argument: str) -> tuple[str, str, bool]:
     """`URL#MODEL[@captions]` -> (base URL without trailing slash, model, sees_images)."""
     url, sep, model = argument.rpartition("#")
@@ -100,6 +106,11 @@ class OpenAITeacher(ChatTeacher):
         self.endpoint = f"{self.base_url}/chat/completions"
         self.batch_size = 2 * config.concurrency  # stage 1 of a batch keeps every worker busy
         self._api_key = os.environ.get("OPENAI_API_KEY") or None
+        if self._api_key and not _safe_for_secrets(self.base_url):
+            raise ConfigError(
+                f"openai teacher: refusing to send $OPENAI_API_KEY over plain http to {self.base_url}; "
+                "use https, a loopback address, or unset the key"
+            )
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._fatal: OpenAIRequestError | None = None
 
