@@ -262,6 +262,48 @@ def _render_synth(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- train
+def _train_config_class() -> Any:
+    from training.sft import SFTConfig
+
+    return SFTConfig
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_train_config_class())
+@json_option
+def train(config_file: str | None, as_json: bool, **params: Any) -> None:
+    """Fine-tune a model on Cas-SEAT samples (LoRA, QLoRA or full) with the Hugging Face Trainer;
+    the loss covers only the assistant turns to learn. Writes a loadable HF model directory
+    (LoRA merged), adapter/, checkpoints/, train_log.json, loss.png and casseat.json.
+
+    \b
+    Example: casseat-edge train --data synth --model tiny:smolvlm --out sft --epochs 2
+    Several processes: torchrun --nproc_per_node 2 -m training.sft --data synth --out sft
+    """
+    from training.sft import SFTConfig
+    from training.sft import train as run_training
+
+    config = load_config(SFTConfig, config_file, cli_overrides(params))
+    with progress(0, "steps", as_json) as update:
+        summary = run_training(config, progress=lambda done, total: update(done, total))
+    if summary["process_index"] == 0:  # under torchrun, one result document, not one per process
+        emit(summary, as_json, _render_train)
+
+
+def _render_train(s: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"{s['method']} on {s['base']}: {s['samples']} samples ({s['skipped_long']} skipped "
+            f"as too long), {s['steps']} steps, {s['epochs']} epochs",
+            f"loss {s['first_loss']} -> {s['final_loss']}; {s['tokens_per_s']} tokens/s "
+            f"over {s['train_seconds']} s",
+            f"wrote {s['out']}",
+        ]
+    )
+
+
 # ---------------------------------------------------------------- score
 @main.command()
 @click.argument("results", type=click.Path(dir_okay=False))
@@ -282,6 +324,24 @@ def _render_score(s: dict[str, Any]) -> str:
     for family, row in sorted(s["by_family"].items()):
         lines.append(f"  {family:<20} {row['accuracy']:.3f}  ({row['correct']}/{row['n']})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- report
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
+@json_option
+def report(run_dirs: tuple[str, ...], out: str, as_json: bool) -> None:
+    """Latency/accuracy tradeoff report over evaluation runs: report.html (self-contained),
+    tradeoff.png (Pareto front), per-stage latency, accuracy by family, verdict confusion,
+    report.md and report.json.
+
+    Example: casseat-edge report runs/eval-* --out report
+    """
+    from runtime.report import write_report
+
+    document = write_report(list(run_dirs), out)
+    emit(document, as_json, lambda d: f"wrote {out}/report.html; Pareto front: {', '.join(d['pareto_front'])}")
 
 
 # ---------------------------------------------------------------- models

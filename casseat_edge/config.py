@@ -119,6 +119,11 @@ def _check_scalar(name: str, value: Any, kind: type, source: str) -> Any:
     (an int where a float is expected too), so `limit: "5"` or `seed: 1.5` is an error."""
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{source}: {name}={value!r} is not a {kind.__name__}")
