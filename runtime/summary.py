@@ -19,7 +19,7 @@ import numpy as np
 
 from casseat_edge.answers import extract, is_correct
 
-LATENCY_FIELDS = ("encode_ms", "prefill_ms", "decode_ms", "ttft_ms")
+LATENCY_FIELDS = ("preprocess_ms", "encode_ms", "prefill_ms", "decode_ms", "ttft_ms")
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -34,7 +34,8 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def stage_total_ms(stage: dict[str, Any]) -> float:
-    return sum(float(stage.get(k) or 0.0) for k in ("encode_ms", "prefill_ms", "decode_ms"))
+    parts = ("preprocess_ms", "encode_ms", "prefill_ms", "decode_ms")
+    return sum(float(stage.get(k) or 0.0) for k in parts)
 
 
 def _accuracy(pairs: list[tuple[str, bool]]) -> dict[str, dict[str, Any]]:
