@@ -304,6 +304,148 @@ def _render_train(s: dict[str, Any]) -> str:
     )
 
 
+# ---------------------------------------------------------------- export
+def _gguf_export_config_class() -> Any:
+    from export.gguf import GgufExportConfig
+
+    return GgufExportConfig
+
+
+@main.command()
+@click.option("--format", "fmt", default="gguf", show_default=True, help="Exporter: gguf.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_gguf_export_config_class())
+@json_option
+def export(fmt: str, config_file: str | None, as_json: bool, **params: Any) -> None:
+    """Export a model for an edge runtime and verify it against PyTorch (exit 3 if parity fails,
+    after the files are written). GGUF: text model + mmproj for VLMs, llama.cpp quant types.
+
+    Example: casseat-edge export --model tiny:smolvlm --format gguf --out gguf --quant q4_k_m
+    """
+    load_stage_packages()
+    from casseat_edge.registry import EXPORTERS
+
+    exporter = EXPORTERS.get(fmt)
+    config = load_config(exporter.config_class, config_file, cli_overrides(params))
+    emit(exporter.export(config), as_json, _render_export)
+
+
+def _render_export(s: dict[str, Any]) -> str:
+    lines = [f"{s['format']} export of {s['model']} -> {s['out']} ({s['seconds']} s)"]
+    lines += [
+        f"  {f['file']:<28} {f['size_mb']:>9.2f} MB  {f['bits_per_weight']:>6.2f} bits/weight"
+        for f in s["files"]
+    ]
+    for row in s["parity"]:
+        shown = {k: v for k, v in row.items() if k in ("top1", "kl", "rel_max_abs", "logit_change")}
+        lines.append(f"  {row['check']:<10} {'ok' if row['passed'] else 'FAILED'}  {shown or ''}")
+    if not s["verified"]:
+        lines.append("  not verified (--no-verify)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- run
+@main.command()
+@click.option(
+    "--model",
+    "model_spec",
+    default="embedded:smollm2-135m-instruct",
+    show_default=True,
+    help="Model spec: HF dir, .gguf, tiny:<arch> or embedded:<name>.",
+)
+@click.option("--image", type=click.Path(dir_okay=False), help="Problem image (PNG/JPEG/WebP).")
+@click.option("--question", required=True, help="The question text.")
+@click.option("--backend", default="torch", show_default=True, help="torch | llama.cpp.")
+@click.option(
+    "--policy",
+    default="cas-seat",
+    show_default=True,
+    help="direct | cot | seat | cas-seat | cas-seat-refine.",
+)
+@click.option(
+    "--max-new-tokens",
+    default=256,
+    show_default=True,
+    type=int,
+    help="Generated tokens per stage at most.",
+)
+@click.option("--caption", help="Image description (what text-only models read).")
+@click.option("--choices", multiple=True, help="A multiple-choice option (repeat the flag).")
+@click.option("--answer", help="The expected answer: the result then says whether it is correct.")
+@click.option(
+    "--answer-type",
+    type=click.Choice(["integer", "float", "text", "multi_choice"]),
+    help="How the answer is compared (default: text, multi_choice with --choices).",
+)
+@click.option("--threads", type=int, help="CPU threads (default: all).")
+@click.option("--no-kv-reuse", is_flag=True, help="Re-prefill every stage (for comparison).")
+@json_option
+def run(
+    model_spec: str,
+    image: str | None,
+    question: str,
+    backend: str,
+    policy: str,
+    max_new_tokens: int,
+    caption: str | None,
+    choices: tuple[str, ...],
+    answer: str | None,
+    answer_type: str | None,
+    threads: int | None,
+    no_kv_reuse: bool,
+    as_json: bool,
+) -> None:
+    """Solve one problem with the cascade: prints the reasoning, the verdict, the answer and a
+    per-stage latency table (or one JSON document with --json).
+
+    Example: casseat-edge run --model embedded:smollm2-135m-instruct --backend llama.cpp
+    --question "What is the area?" --caption "A 3 by 4 rectangle." --answer 12 --answer-type integer
+    """
+    from runtime import Cascade
+    from runtime.profiler import process_stats
+
+    fields = {
+        k: v
+        for k, v in dict(
+            caption=caption, answer=answer, answer_type=answer_type, choices=list(choices) or None
+        ).items()
+        if v is not None
+    }
+    if choices and "answer_type" not in fields:
+        fields["answer_type"] = "multi_choice"
+    with Cascade(
+        model_spec,
+        backend=backend,
+        policy=policy,
+        max_new_tokens=max_new_tokens,
+        kv_reuse=not no_kv_reuse,
+        threads=threads,
+    ) as cascade:
+        result = cascade.solve(image, question, **fields)
+        emit({**result.to_dict(), **process_stats(cascade)}, as_json, _render_run(result))
+
+
+def _render_run(result: Any) -> Callable[[dict[str, Any]], str]:
+    from runtime.profiler import latency_table
+
+    def render(doc: dict[str, Any]) -> str:
+        lines = []
+        for stage in result.stages:
+            lines += [f"== {stage.name} ==", stage.text, ""]
+        lines.append(
+            f"verdict: {result.verdict}   answer: {result.answer} ({result.answer_source})"
+            + ("" if result.correct is None else f"   correct: {result.correct}")
+        )
+        lines += [
+            latency_table(result),
+            f"peak RSS {doc['peak_rss_mb']} MB, model "
+            f"{doc['model_bytes'] / 1e6:.1f} MB ({result.backend}, {result.policy})",
+        ]
+        return "\n".join(lines)
+
+    return render
+
+
 # ---------------------------------------------------------------- score
 @main.command()
 @click.argument("results", type=click.Path(dir_okay=False))
@@ -324,6 +466,41 @@ def _render_score(s: dict[str, Any]) -> str:
     for family, row in sorted(s["by_family"].items()):
         lines.append(f"  {family:<20} {row['accuracy']:.3f}  ({row['correct']}/{row['n']})")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- eval
+def _eval_config_class() -> Any:
+    from runtime.evaluate import EvalConfig
+
+    return EvalConfig
+
+
+@main.command("eval")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_eval_config_class())
+@json_option
+def eval_cmd(config_file: str | None, as_json: bool, **params: Any) -> None:
+    """Evaluate a model with a cascade policy on a problem set: results.jsonl (one row per
+    problem, resumable) and summary.json (accuracy, verdicts, latency p50/p90, tokens/s, RSS).
+
+    Example: casseat-edge eval --model embedded:smollm2-135m-instruct --backend llama.cpp
+    --bench bench --out runs/eval
+    """
+    from runtime.evaluate import EvalConfig, evaluate
+
+    config = load_config(EvalConfig, config_file, cli_overrides(params))
+    with progress(0, "problems", as_json) as update:
+        summary = evaluate(config, progress=lambda done, total: update(done, total))
+    emit(summary, as_json, _render_eval)
+
+
+def _render_eval(s: dict[str, Any]) -> str:
+    total = s["latency_ms"]["total_ms"]
+    return (
+        f"{s['model']} / {s['backend']} / {s['policy']}: accuracy {s['accuracy']:.3f} "
+        f"({s['correct']}/{s['n']}, rule-extracted), p50 {total['p50']} ms, p90 {total['p90']} ms, "
+        f"decode {s['decode_tokens_per_s']} tokens/s, {s['errors']} errors"
+    )
 
 
 # ---------------------------------------------------------------- report

@@ -1,7 +1,15 @@
-"""GGUF (text + mmproj) and ONNX (split vision/embeddings/decoder) exporters, verified against the source model. Built by issue 5; registers in casseat_edge.registry.EXPORTERS.
+"""Exporters for edge runtimes, verified against the source model; each registers in
+`casseat_edge.registry.EXPORTERS` on import.
 
-This stage package is not implemented yet: it holds no entries, and the CLI says so for its
-commands.
+- `export.gguf` ("gguf"): our own converter on the `gguf` package — text model (llama: SmolLM2,
+  tiny:llama, the Idefics3 text tower; qwen2; the Qwen2-VL text tower at library level only, its
+  mmproj is not written yet) with its byte-level BPE tokenizer and chat template, an `idefics3`
+  mmproj for SmolVLM, llama.cpp's quantizer for every common type (q8_0, q4_k_m, ...), and
+  verification through llama-cpp-python (logits, tokenizer ids, generation, libmtmd "vision
+  survived"). `casseat-edge export --format gguf`.
+- ONNX (split vision_encoder / embed_tokens / decoder_model_merged): not implemented yet.
 """
 
 from __future__ import annotations
+
+from export import gguf  # noqa: F401  (registers the "gguf" exporter and its quant types)

@@ -1,0 +1,162 @@
+"""GGUF export: our own converter on the `gguf` package plus llama.cpp's quantizer, verified.
+
+Writes, into an export directory: `model-<quant>.gguf` (the text model with its tokenizer and
+chat template), `mmproj-<mmproj_quant>.gguf` for vision models (libmtmd's vision encoder +
+projector) and `casseat.json` (kind "export", format "gguf", files with sizes and bits per weight,
+the parity table, the source hashes). Verification against PyTorch is on by default; a failing
+row raises `ParityError` (exit 3) after the artifact is written.
+
+    from casseat_edge.config import load_config
+    from export.gguf import GgufExportConfig, export_gguf
+    summary = export_gguf(load_config(GgufExportConfig, overrides={"model": "tiny:smolvlm"}))
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
+from casseat_edge.errors import ParityError, UnsupportedArchError
+from casseat_edge.models import load_model, resolve_model
+from casseat_edge.registry import EXPORTERS
+from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
+from export.gguf.mmproj import MMPROJ_SPECS, write_mmproj
+from export.gguf.quantize import GGUF_TYPES, quantize_gguf
+from export.gguf.text import TEXT_FAMILIES, text_source, write_text_gguf
+
+__all__ = ["GgufExportConfig", "GgufExporter", "export_gguf", "gguf_file_info"]
+
+
+@EXPORTERS.register("gguf")
+class GgufExporter:
+    """GGUF for llama.cpp: text model (+ mmproj for VLMs), llama.cpp quant types, verified."""
+
+    config_class = GgufExportConfig
+    quant_types = TEXT_QUANTS
+    mmproj_quant_types = MMPROJ_QUANTS
+    tolerances = GGUF_TYPES
+
+    @staticmethod
+    def describe() -> dict[str, Any]:
+        return {
+            "architectures": supported_architectures(),
+            "quant": list(TEXT_QUANTS),
+            "mmproj_quant": list(MMPROJ_QUANTS),
+        }
+
+    @staticmethod
+    def export(config: GgufExportConfig) -> dict[str, Any]:
+        return export_gguf(config)
+
+
+def export_gguf(config: GgufExportConfig) -> dict[str, Any]:
+    """Convert, quantize, re-read and (unless `verify=False`) verify; returns the summary."""
+    start = time.perf_counter()
+    ref = resolve_model(config.model)
+    architecture = ref.arch.architecture if ref.arch else None
+    supported = supported_architectures()
+    if architecture not in supported:
+        raise UnsupportedArchError(
+            f"{config.model}: GGUF export of {architecture or ref.kind!r} is not supported; "
+            f"supported: {', '.join(supported)}"
+        )
+    out = prepare_out_dir(config.out, config.overwrite, kind="export")
+    loaded = load_model(ref)
+    text_path = _write_text(loaded, out, config)
+    files = [gguf_file_info(text_path, "text", config.quant)]
+    mmproj_path = None
+    if architecture in MMPROJ_SPECS:
+        mmproj_path = write_mmproj(loaded, out / f"mmproj-{config.mmproj_quant}.gguf",
+                                   config.mmproj_quant)  # fmt: skip
+        files.append(gguf_file_info(mmproj_path, "mmproj", config.mmproj_quant))
+    parity = _verify(loaded, text_path, mmproj_path, config) if config.verify else []
+    failing = [row for row in parity if not row["passed"]]
+    summary = {
+        "out": str(out),
+        "model": config.model,
+        "architecture": architecture,
+        "format": "gguf",
+        "files": files,
+        "parity": parity,
+        "verified": config.verify,
+        "passed": not failing if config.verify else None,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_manifest(
+        out, "export", config.to_dict(), _source_hashes(ref.path),
+        **{k: v for k, v in summary.items() if k != "out"},
+    )  # fmt: skip
+    if failing:
+        raise ParityError(
+            f"{out}: GGUF written but verification failed: "
+            + "; ".join(_describe_failure(row) for row in failing)
+        )
+    return summary
+
+
+def supported_architectures() -> list[str]:
+    """Text models with a text family; vision models only when their mmproj is supported too."""
+    from casseat_edge.registry import ARCHS
+
+    def complete(name: str) -> bool:
+        vision = name in ARCHS and ARCHS.get(name).vision
+        return not vision or name in MMPROJ_SPECS
+
+    return sorted(name for name in TEXT_FAMILIES if complete(name))
+
+
+def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> Path:
+    source = text_source(loaded)
+    target = out / f"model-{config.quant}.gguf"
+    if config.quant in ("f32", "f16"):
+        return write_text_gguf(source, target, config.quant)
+    # llama.cpp quantizes best from full precision; the f32 intermediate is removed afterwards
+    tmp = out / ".model-f32.tmp.gguf"
+    try:
+        write_text_gguf(source, tmp, "f32")
+        return quantize_gguf(tmp, target, config.quant, config.threads)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verify(loaded: Any, text: Path, mmproj: Path | None, config: GgufExportConfig) -> list:
+    from export.gguf.verify import verify_text, verify_vision
+
+    rows = verify_text(loaded, text, config.quant, config.positions, config.threads)
+    if mmproj is not None:
+        image_size = loaded.model.config.vision_config.image_size
+        rows += verify_vision(text, mmproj, image_size, config.threads)
+    return rows
+
+
+def _describe_failure(row: dict[str, Any]) -> str:
+    detail = row.get("failures") or row.get("mismatches") or row.get("error") or row
+    return f"{row['check']} ({row.get('type', row.get('file', ''))}): {detail}"
+
+
+def gguf_file_info(path: Path, role: str, quant: str) -> dict[str, Any]:
+    """Re-read a written GGUF: size (MB), parameters, bits per weight of the tensor data."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    size = path.stat().st_size
+    return {
+        "file": path.name,
+        "role": role,
+        "type": quant,
+        "tensors": len(reader.tensors),
+        "params": params,
+        "size_mb": round(size / 1e6, 3),
+        "bits_per_weight": round(8 * data_bytes / max(params, 1), 3),
+        "sha256": sha256_file(path),
+    }
+
+
+def _source_hashes(path: Path) -> dict[str, str]:
+    """sha256 of the source model's config and weight files."""
+    names = ["config.json", *sorted(p.name for p in path.glob("*.safetensors"))]
+    return {name: sha256_file(path / name) for name in names if (path / name).is_file()}

@@ -1,0 +1,237 @@
+"""Verification of a GGUF export against the PyTorch model it came from (on by default).
+
+Rows, each with `passed`:
+- `tokenizer`: llama.cpp's token ids equal our HF tokenizer's on varied text (math, unicode,
+  whitespace runs, chat markup);
+- `logits`: next-token logits of llama.cpp (`logits_all=True`) vs PyTorch on the same tokens of
+  real text: top-1 agreement, mean KL(torch || llama.cpp), max |diff| relative to the largest
+  torch logit; bounds per type live on `quantize.GGUF_TYPES`;
+- `generate`: llama.cpp loads the file and generates greedily;
+- `vision` (with an mmproj): libmtmd encodes two different images into the same prompt and the
+  next-token logits differ ("vision survived"), and the image became image tokens.
+
+    rows = verify_text(loaded, "model-f16.gguf", "f16", positions=200)
+    rows += verify_vision(loaded, "model-f16.gguf", "mmproj-model-f16.gguf")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.gguf.quantize import GGUF_TYPES
+
+# Our own parity text: ordinary prose, arithmetic and chat markup, long enough for 200+ positions.
+PARITY_TEXT = (
+    "<|im_start|>system\nYou are a careful tutor who explains each step.<|im_end|>\n"
+    "<|im_start|>user\nA rectangle is 3 cm wide and 4 cm long. What is its area, and how long "
+    "is its diagonal?<|im_end|>\n<|im_start|>assistant\nThe area of a rectangle is its width "
+    "times its length, so the area is 3 x 4 = 12 square centimetres. The diagonal splits the "
+    "rectangle into two right triangles, so by the Pythagorean theorem its length is the square "
+    "root of 3 squared plus 4 squared, which is the square root of 9 + 16 = 25, that is 5 cm.\n"
+    "Final answer: area 12 cm^2, diagonal 5 cm.<|im_end|>\n<|im_start|>user\nA bar chart shows "
+    "apples 14, pears 9 and plums 21. How many fruits are there in total, and which bar is the "
+    "tallest?<|im_end|>\n<|im_start|>assistant\nAdding the three bars gives 14 + 9 + 21 = 44 "
+    "fruits. The tallest bar belongs to the plums, with 21, which is more than the apples by 7 "
+    "and more than the pears by 12. The clock on the wall reads a quarter past three, so the "
+    "hour hand sits just after the 3 and the minute hand points at the 3 as well. When we check "
+    "the work again, every sum matches the chart, so the answer stands.\nFinal answer: 44; "
+    "plums.<|im_end|>\n"
+)
+TOKENIZER_SAMPLES = (
+    "What is 7 + 5? The answer is 12.",
+    "Angles: 35°, 55° and 90° sum to 180°; π ≈ 3.14159.",
+    "  leading spaces,\ttabs\nand\n\nnewlines   trailing  ",
+    "Ünïcödé, emoji 🙂, 日本語のテキスト, and ελληνικά.",
+    "<|im_start|>user\nx=1234567890<|im_end|>\n<|im_start|>assistant\n",
+    "don't, won't, I'm, they'll; CamelCaseWords and snake_case_names",
+)
+VISION_PROMPT = "<|im_start|>user\n{marker}What number is shown?<|im_end|>\n<|im_start|>assistant\n"
+VISION_MIN_DIFF = 1e-3  # smallest max |logit change| between two images that counts as "seen"
+
+
+@contextlib.contextmanager
+def llama_model(path: str | Path, n_ctx: int = 1024, threads: int = 0) -> Iterator[Any]:
+    """A llama.cpp model with all logits kept, closed on exit (not at interpreter teardown)."""
+    import llama_cpp
+
+    kwargs = {"n_threads": threads} if threads else {}
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, verbose=False, seed=0, **kwargs)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def verify_text(
+    loaded: Any, gguf_path: str | Path, quant: str, positions: int = 200, threads: int = 0
+) -> list[dict[str, Any]]:
+    """Tokenizer, logits and generation rows for one text GGUF."""
+    tokenizer = loaded.tokenizer
+    ids = parity_ids(tokenizer, positions)
+    torch_logits = torch_text_logits(loaded.model, ids)
+    with llama_model(gguf_path, n_ctx=max(512, len(ids) + 64), threads=threads) as llm:
+        rows = [tokenizer_row(llm, tokenizer)]
+        llm.eval(ids)
+        cpp_logits = np.array(llm.scores[: len(ids)], dtype=np.float64)
+        rows.append(logits_row(torch_logits, cpp_logits, quant, Path(gguf_path).name))
+        rows.append(generate_row(llm, tokenizer))
+    return rows
+
+
+def parity_ids(tokenizer: Any, positions: int) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < positions:
+        ids += tokenizer(PARITY_TEXT, add_special_tokens=False)["input_ids"]
+    return ids[:positions]
+
+
+def torch_text_logits(model: Any, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), use_cache=False)
+    return out.logits[0].double().numpy()
+
+
+def tokenizer_row(llm: Any, tokenizer: Any) -> dict[str, Any]:
+    mismatches = []
+    for text in (*TOKENIZER_SAMPLES, PARITY_TEXT):
+        ours = tokenizer(text, add_special_tokens=False)["input_ids"]
+        theirs = llm.tokenize(text.encode(), add_bos=False, special=True)
+        if ours != theirs:
+            mismatches.append(text[:40])
+    count = len(TOKENIZER_SAMPLES) + 1
+    return {"check": "tokenizer", "samples": count, "mismatches": mismatches,
+            "passed": not mismatches}  # fmt: skip
+
+
+def logits_row(torch_logits: np.ndarray, cpp_logits: np.ndarray, quant: str, file: str) -> dict:
+    """Compare two [positions, vocab] logit arrays against the type's bounds."""
+    entry = GGUF_TYPES[quant]
+    vocab = min(torch_logits.shape[1], cpp_logits.shape[1])
+    ref, got = torch_logits[:, :vocab], cpp_logits[:, :vocab]
+    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
+    kl = float(np.mean(np.sum(_softmax(ref) * (_log_softmax(ref) - _log_softmax(got)), -1)))
+    rel = float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-6))
+    failures = ["llama.cpp returned non-finite logits"] if not np.isfinite(got).all() else []
+    if top1 < entry.top1:
+        failures.append(f"top1 {top1:.3f} < {entry.top1}")
+    if not kl <= entry.kl:  # also catches NaN
+        failures.append(f"kl {kl:.2e} > {entry.kl:.0e}")
+    if entry.max_abs is not None and not rel <= entry.max_abs:
+        failures.append(f"rel max abs {rel:.2e} > {entry.max_abs:.0e}")
+    return {
+        "check": "logits", "file": file, "type": quant, "positions": int(ref.shape[0]),
+        "top1": round(top1, 4), "kl": float(f"{kl:.3g}"),
+        "max_abs": float(f"{np.abs(ref - got).max():.3g}"), "rel_max_abs": float(f"{rel:.3g}"),
+        "bounds": entry.bounds(), "failures": failures, "passed": not failures,
+    }  # fmt: skip
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    return np.exp(_log_softmax(x))
+
+
+def generate_row(llm: Any, tokenizer: Any, n: int = 8) -> dict[str, Any]:
+    llm.reset()
+    prompt = "<|im_start|>user\nWhat is 7 + 5?<|im_end|>\n<|im_start|>assistant\n"
+    out = llm(prompt, max_tokens=n, temperature=0.0, top_k=1)
+    count = out["usage"]["completion_tokens"]
+    return {"check": "generate", "tokens": count, "text": out["choices"][0]["text"],
+            "passed": count > 0}  # fmt: skip
+
+
+# ---- vision through libmtmd
+def verify_vision(
+    text_gguf: str | Path, mmproj: str | Path, image_size: int, threads: int = 0
+) -> list[dict[str, Any]]:
+    """Encode two different images with libmtmd into the same prompt; the logits must differ."""
+    from llama_cpp import mtmd_cpp
+
+    noise = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), np.uint8)
+    images = [noise, np.full_like(noise, 250)]
+    with llama_model(text_gguf, threads=threads) as llm, _quiet():
+        params = mtmd_cpp.mtmd_context_params_default()
+        params.use_gpu = False
+        params.print_timings = False
+        ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
+        if not ctx:
+            return [{"check": "vision", "passed": False, "error": "libmtmd could not load mmproj"}]
+        try:
+            results = [mtmd_logits(ctx, llm, _png(image)) for image in images]
+        finally:
+            mtmd_cpp.mtmd_free(ctx)
+    diff = float(np.abs(results[0][0] - results[1][0]).max())
+    image_tokens = results[0][1]
+    return [{
+        "check": "vision", "file": Path(mmproj).name, "image_tokens": image_tokens,
+        "logit_change": float(f"{diff:.3g}"), "min_change": VISION_MIN_DIFF,
+        "passed": image_tokens > 0 and diff > VISION_MIN_DIFF,
+    }]  # fmt: skip
+
+
+def _quiet():
+    """libmtmd logs every image it encodes to stderr; keep stderr for our own messages."""
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    return suppress_stdout_stderr(disable=False)
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def mtmd_logits(ctx: Any, llm: Any, image: bytes) -> tuple[np.ndarray, int]:
+    """Run VISION_PROMPT with one image through libmtmd; (last-position logits, image tokens)."""
+    import llama_cpp
+    from llama_cpp import mtmd_cpp
+
+    buf = (ctypes.c_uint8 * len(image)).from_buffer(bytearray(image))
+    bitmap = mtmd_cpp.mtmd_helper_bitmap_init_from_buf(ctx, buf, len(image), False)
+    text = VISION_PROMPT.format(marker=mtmd_cpp.mtmd_default_marker().decode()).encode()
+    inp = mtmd_cpp.mtmd_input_text()
+    inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), False, True
+    chunks = mtmd_cpp.mtmd_input_chunks_init()
+    image_tokens = 0
+    try:
+        bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        if mtmd_cpp.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), bitmaps, 1) != 0:
+            raise RuntimeError("libmtmd could not tokenize the image prompt")
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
+            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                count = ctypes.c_size_t()
+                ptr = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                llm.eval([ptr[j] for j in range(count.value)])
+                continue
+            image_tokens += mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
+            n_past = llama_cpp.llama_pos(0)
+            status = mtmd_cpp.mtmd_helper_eval_chunk_single(
+                ctx, llm._ctx.ctx, chunk, llama_cpp.llama_pos(llm.n_tokens),
+                llama_cpp.llama_seq_id(0), llm.n_batch, False, ctypes.byref(n_past),
+            )  # fmt: skip
+            if status != 0:
+                raise RuntimeError(f"libmtmd could not evaluate the image (status {status})")
+            llm.n_tokens = n_past.value
+        return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64), image_tokens
+    finally:
+        mtmd_cpp.mtmd_input_chunks_free(chunks)
+        mtmd_cpp.mtmd_bitmap_free(bitmap)

@@ -1,0 +1,259 @@
+"""What every runtime backend provides, and the conversation driver they share.
+
+A backend is an `Engine`: a handful of hooks over one loaded model (tokenize, prefill from a
+position, one decode step, truncate the KV cache). `Conversation` runs the cascade's turns on any
+engine. Every turn is rendered through the one preprocessing path (`casseat_edge.preprocess`) with
+the whole conversation so far, so the model sees exactly the prompt it was trained on. With KV
+reuse, the tokens of the earlier turns are not re-evaluated: the new turn's token ids are the ids
+the model already holds (prompt + its own generated ids) followed by the tokenized text the chat
+template adds after the previous reply, and only those are prefilled.
+
+    conv = Conversation(engine)
+    out1 = conv.turn(stage1_msgs, image=image, caption=caption, max_new_tokens=256)
+    out2 = conv.turn(stage1_msgs + [assistant(out1.raw_text), *stage2_messages()], ...)
+    out2.new_prefill_tokens   # only the stage-2 turn's own tokens
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from casseat_edge.errors import DataError
+from casseat_edge.preprocess import render_prompt
+
+TokenCallback = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Encoded:
+    """A whole conversation as token ids, plus the non-text inputs of its first prefill."""
+
+    ids: list[int]
+    extra: dict[str, Any] | None = None  # pixel tensors etc., passed when prefilling from 0
+    image_end: int = 0  # index after the last image token: a prefill never starts inside an image
+
+
+@dataclasses.dataclass
+class TurnOutput:
+    """What one turn produced (the raw reply text is what goes back into the conversation)."""
+
+    raw_text: str
+    prompt_tokens: int
+    new_prefill_tokens: int
+    reused_tokens: int
+    completion_tokens: int
+    preprocess_ms: float
+    encode_ms: float | None
+    prefill_ms: float
+    decode_ms: float
+    ttft_ms: float
+    stop_reason: str
+    retokenized: bool  # the template rewrote earlier turns: the conversation was re-encoded
+
+
+class Engine(abc.ABC):
+    """Backend hooks over one loaded model. Subclasses are registered in `BACKENDS`."""
+
+    name: str
+    extra_name: str  # the pip extra that installs what the backend needs
+    processor: Any  # has apply_chat_template (the model's own template)
+    arch: Any  # has `.vision`
+    n_ctx: int
+    spec: str
+
+    def __init__(self, temperature: float = 0.0, seed: int = 0) -> None:
+        self.temperature = temperature
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def vision(self) -> bool:
+        return bool(self.arch.vision)
+
+    @abc.abstractmethod
+    def encode(self, messages: list[dict[str, Any]], image: Any, caption: str | None) -> Encoded:
+        """The whole conversation through the one preprocessing path."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Ids of plain template text (special-token markup parsed, no BOS added)."""
+
+    @abc.abstractmethod
+    def detokenize(self, ids: list[int]) -> str: ...
+
+    @abc.abstractmethod
+    def is_stop(self, token: int) -> bool: ...
+
+    @abc.abstractmethod
+    def truncate(self, n_tokens: int) -> None:
+        """Keep only the first `n_tokens` positions of the KV cache (0 drops it)."""
+
+    @abc.abstractmethod
+    def prefill(self, ids: list[int], start: int, extra: dict[str, Any] | None) -> np.ndarray:
+        """Evaluate ids[start:] on top of a cache holding ids[:start]; the last position's logits."""
+
+    @abc.abstractmethod
+    def step(self, token: int, position: int) -> np.ndarray:
+        """Evaluate one token at `position`; its logits."""
+
+    @abc.abstractmethod
+    def model_bytes(self) -> int: ...
+
+    def close(self) -> None:
+        """Free the model's native resources (no-op where garbage collection suffices)."""
+        return None
+
+    def take_encode_ms(self) -> float | None:
+        """Vision-encoder time of the last prefill, where the backend can separate it."""
+        return None
+
+    def choose(self, logits: np.ndarray) -> int:
+        """Greedy by default; temperature sampling from the engine's seeded generator."""
+        if self.temperature <= 0:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / self.temperature
+        probs = np.exp(scaled - scaled.max())
+        return int(self._rng.choice(len(probs), p=probs / probs.sum()))
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The `casseat-edge list backends` row: the pip extra it needs."""
+        return {"extra": cls.extra_name}
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+class Conversation:
+    """One conversation on an engine: the ids and text so far and how much of it is in the cache."""
+
+    def __init__(self, engine: Engine, kv_reuse: bool = True) -> None:
+        self.engine = engine
+        self.kv_reuse = kv_reuse
+        self.ids: list[int] = []
+        self.text = ""
+        self.cached = 0
+        self.extra: dict[str, Any] | None = None
+        self.image_end = 0
+        engine.truncate(0)
+
+    def turn(
+        self,
+        messages: list[dict[str, Any]],
+        image: Any = None,
+        caption: str | None = None,
+        max_new_tokens: int = 256,
+        on_token: TokenCallback | None = None,
+    ) -> TurnOutput:
+        """Render the whole conversation, prefill what the cache lacks, decode the reply."""
+        start = time.perf_counter()
+        rendered = render_prompt(self.engine.processor, self.engine.arch, messages, caption)
+        target, retokenized = self._target_ids(rendered, messages, image, caption)
+        self._check_context(len(target), max_new_tokens)
+        begin = self._prefill_start(target)
+        self.engine.truncate(begin)
+        preprocess_s = time.perf_counter() - start
+        t0 = time.perf_counter()
+        logits = self.engine.prefill(target, begin, self.extra if begin == 0 else None)
+        token = self.engine.choose(logits)
+        prefill_s = time.perf_counter() - t0
+        encode_ms = self.engine.take_encode_ms()
+        ttft_ms = (time.perf_counter() - start) * 1e3
+        streamer = _Streamer(self.engine, on_token) if on_token else None
+        generated, decode_s, stop = self._decode(token, len(target), max_new_tokens, streamer)
+        reply_ids = generated[:-1] if stop == "stop" else generated
+        reply = self.engine.detokenize(reply_ids)
+        if streamer:
+            streamer.finish(reply)
+        self.ids = target + reply_ids
+        self.cached = len(target) + len(generated) - 1
+        self.text = rendered + reply
+        prefill_ms = prefill_s * 1e3 - (encode_ms or 0.0)
+        return TurnOutput(
+            raw_text=reply,
+            prompt_tokens=len(target),
+            new_prefill_tokens=len(target) - begin,
+            reused_tokens=begin,
+            completion_tokens=len(generated),
+            preprocess_ms=preprocess_s * 1e3,
+            encode_ms=encode_ms,
+            prefill_ms=prefill_ms,
+            decode_ms=decode_s * 1e3,
+            ttft_ms=ttft_ms,
+            stop_reason=stop,
+            retokenized=retokenized,
+        )
+
+    def _target_ids(
+        self, rendered: str, messages: list[dict[str, Any]], image: Any, caption: str | None
+    ) -> tuple[list[int], bool]:
+        if self.ids and rendered.startswith(self.text):
+            # the model's own ids for everything said so far, then the template's new text
+            return self.ids + self.engine.tokenize(rendered[len(self.text) :]), False
+        encoded = self.engine.encode(messages, image, caption)
+        self.extra, self.image_end = encoded.extra, encoded.image_end
+        return encoded.ids, bool(self.ids)
+
+    def _prefill_start(self, target: list[int]) -> int:
+        if not self.kv_reuse:
+            return 0
+        begin = common_prefix(self.ids[: self.cached], target)
+        begin = min(begin, len(target) - 1)  # the last prompt token is always evaluated (logits)
+        return 0 if begin < self.image_end else begin
+
+    def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.engine.n_ctx:
+            raise DataError(
+                f"prompt of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                f"context of {self.engine.n_ctx} tokens; lower max_new_tokens, shorten the "
+                "question or raise n_ctx (image tokens are never cut)"
+            )
+
+    def _decode(
+        self, token: int, position: int, max_new_tokens: int, streamed: _Streamer | None
+    ) -> tuple[list[int], float, str]:
+        generated = [token]
+        decode_s = 0.0
+        while True:
+            if self.engine.is_stop(token):
+                return generated, decode_s, "stop"
+            if streamed:
+                streamed.push(generated)
+            if len(generated) >= max_new_tokens:
+                return generated, decode_s, "length"
+            t0 = time.perf_counter()
+            token = self.engine.choose(self.engine.step(token, position))
+            decode_s += time.perf_counter() - t0
+            position += 1
+            generated.append(token)
+
+
+class _Streamer:
+    """Turns the growing id list into text pieces, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, engine: Engine, callback: TokenCallback) -> None:
+        self.engine, self.callback, self.sent = engine, callback, ""
+
+    def push(self, ids: list[int]) -> None:
+        text = self.engine.detokenize(ids)
+        if text.endswith("\ufffd") or not text.startswith(self.sent):
+            return
+        piece, self.sent = text[len(self.sent) :], text
+        if piece:
+            self.callback(piece)
+
+    def finish(self, reply: str) -> None:
+        """Send what was held back, so the pieces always add up to the reply."""
+        if reply.startswith(self.sent) and len(reply) > len(self.sent):
+            self.callback(reply[len(self.sent) :])

@@ -1,0 +1,140 @@
+"""`evaluate(config)`: run a model through a cascade policy on a problem set, one `results.jsonl`
+row per problem (appended and flushed, so a killed run resumes where it stopped), then
+`summary.json` (accuracy, verdict confusion, latency p50/p90, tokens/s, peak RSS, model bytes) and
+`casseat.json`.
+
+A problem that fails (a backend crash, an undecodable image) is recorded with its error and the
+evaluation goes on; it counts as wrong.
+
+    summary = evaluate(EvalConfig(model="runs/main/export/model-q4_k_m.gguf", bench="bench",
+                                  out="runs/eval-llama-q4", backend="llama.cpp"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from casseat_edge.artifacts import (
+    JsonlAppender,
+    read_jsonl,
+    write_json_atomic,
+    write_manifest,
+)
+from casseat_edge.config import StageConfig, option
+from casseat_edge.errors import ConfigError
+from casseat_edge.loaders import load_problems
+from casseat_edge.prompts import POLICIES, prompt_info
+from runtime.summary import summarize
+
+RESULTS = "results.jsonl"
+PROBLEM_FIELDS = ("pid", "answer", "answer_type", "choices", "precision", "unit", "question_type")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(StageConfig):
+    """Config of the evaluation stage."""
+
+    model: str = option(
+        "embedded:smollm2-135m-instruct", "model spec (HF dir, .gguf, export dir, ...)"
+    )
+    bench: str = option(
+        "", "problem set: a directory with problems.jsonl or an official dataset file"
+    )
+    out: str = option("eval", "output directory for results.jsonl, summary.json, casseat.json")
+    backend: str = option("torch", "backend (see `casseat-edge list backends`)")
+    policy: Literal["direct", "cot", "seat", "cas-seat", "cas-seat-refine"] = option(
+        "cas-seat", "cascade policy"
+    )
+    split: str = option("test", "evaluate problems whose metadata.split is this ('' for all)")
+    limit: int = option(0, "evaluate at most this many problems (0: all)")
+    max_new_tokens: int = option(256, "generation budget per stage")
+    quant: str = option("", "label for the report (default: read from the model)")
+    resume: bool = option(False, "continue an interrupted evaluation in --out")
+
+    def __post_init__(self) -> None:
+        if not self.bench:
+            raise ConfigError("--bench: required; pass a directory with problems.jsonl")
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.limit < 0 or self.max_new_tokens < 1:
+            raise ConfigError("--limit must be >= 0 and --max-new-tokens >= 1")
+
+
+Progress = Callable[[int, int], None]
+
+
+def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, Any]:
+    from runtime import Cascade
+
+    problems = load_problems(config.bench)
+    rows = [r for r in problems.rows
+            if not config.split or r["metadata"].get("split") in (None, config.split)]
+    rows = rows[: config.limit] if config.limit else rows
+    if not rows:
+        raise ConfigError(f"--bench {config.bench}: no problems in split {config.split!r}")
+    out = _prepare(Path(config.out), config)
+    cascade = Cascade(config.model, backend=config.backend, policy=config.policy,
+                      max_new_tokens=config.max_new_tokens)
+    with cascade, JsonlAppender(out / RESULTS) as writer:
+        done = {row["pid"] for _, row in read_jsonl(out / RESULTS) if not row.get("error")}
+        pending = [r for r in rows if r["pid"] not in done]
+        for count, problem in enumerate(pending, len(rows) - len(pending) + 1):
+            writer.write(_solve(cascade, problem, problems.image_path(problem), config))
+            if progress:
+                progress(count, len(rows))
+        run = _run_facts(config, cascade)
+    results = list({r["pid"]: r for _, r in read_jsonl(out / RESULTS)}.values())
+    summary = summarize(results, {p["pid"]: p for p in rows}, run)
+    write_json_atomic(out / "summary.json", summary)
+    write_manifest(out, "eval", config.to_dict(), {"bench": problems.source}, **prompt_info())
+    return summary
+
+
+def _prepare(out: Path, config: EvalConfig) -> Path:
+    if out.exists() and any(out.iterdir()) and not config.resume:
+        raise ConfigError(
+            f"{out} already exists and is not empty; pass --resume or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _solve(
+    cascade: Any, problem: dict[str, Any], image: Path | None, config: EvalConfig
+) -> dict[str, Any]:
+    fields = {k: problem.get(k) for k in PROBLEM_FIELDS}
+    fields["caption"] = problem["metadata"].get("caption")
+    start = time.perf_counter()
+    try:
+        row = cascade.solve(image, problem["question"], **fields).to_dict()
+    except Exception as exc:  # noqa: BLE001 - one failing problem must not end the evaluation
+        row = {
+            "policy": config.policy,
+            "backend": config.backend,
+            "answer": None,
+            "correct": False,
+            "verdict": None,
+            "stages": [],
+            "error": f"{exc.__class__.__name__}: {exc}".splitlines()[0][:500],
+        }
+    row.update(pid=problem["pid"], wall_ms=round((time.perf_counter() - start) * 1e3, 3))
+    return row
+
+
+DEFAULT_QUANT = {"torch": "fp32", "llama.cpp": "gguf"}
+
+
+def _run_facts(config: EvalConfig, cascade: Any) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "backend": config.backend,
+        "policy": config.policy,
+        "quant": config.quant or DEFAULT_QUANT.get(config.backend, "unknown"),
+        "model_bytes": cascade.engine.model_bytes(),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
