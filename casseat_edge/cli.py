@@ -518,7 +518,11 @@ def report(run_dirs: tuple[str, ...], out: str, as_json: bool) -> None:
     from runtime.report import write_report
 
     document = write_report(list(run_dirs), out)
-    emit(document, as_json, lambda d: f"wrote {out}/report.html; Pareto front: {', '.join(d['pareto_front'])}")
+    emit(
+        document,
+        as_json,
+        lambda d: f"wrote {out}/report.html; Pareto front: {', '.join(d['pareto_front'])}",
+    )
 
 
 # ---------------------------------------------------------------- models

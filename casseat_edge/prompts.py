@@ -62,7 +62,6 @@ _TEXTS = (
 PROMPT_HASH = hashlib.sha256("\n\x00".join((PROMPT_VERSION, *_TEXTS)).encode()).hexdigest()[:16]
 
 
-
 def answer_hint(problem: dict[str, Any]) -> str:
     """The answer-format hint the math benchmarks use, by answer type and precision."""
     if problem.get("choices"):

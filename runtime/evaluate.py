@@ -72,14 +72,21 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     from runtime import Cascade
 
     problems = load_problems(config.bench)
-    rows = [r for r in problems.rows
-            if not config.split or r["metadata"].get("split") in (None, config.split)]
+    rows = [
+        r
+        for r in problems.rows
+        if not config.split or r["metadata"].get("split") in (None, config.split)
+    ]
     rows = rows[: config.limit] if config.limit else rows
     if not rows:
         raise ConfigError(f"--bench {config.bench}: no problems in split {config.split!r}")
     out = _prepare(Path(config.out), config)
-    cascade = Cascade(config.model, backend=config.backend, policy=config.policy,
-                      max_new_tokens=config.max_new_tokens)
+    cascade = Cascade(
+        config.model,
+        backend=config.backend,
+        policy=config.policy,
+        max_new_tokens=config.max_new_tokens,
+    )
     with cascade, JsonlAppender(out / RESULTS) as writer:
         done = {row["pid"] for _, row in read_jsonl(out / RESULTS) if not row.get("error")}
         pending = [r for r in rows if r["pid"] not in done]

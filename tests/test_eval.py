@@ -24,8 +24,9 @@ def bench(tmp_path_factory):
 
 
 def test_eval_resume_and_failures(bench, tmp_path):
-    config = EvalConfig(model="tiny:llama", bench=str(bench), out=str(tmp_path / "e"), limit=3,
-                        max_new_tokens=6)
+    config = EvalConfig(
+        model="tiny:llama", bench=str(bench), out=str(tmp_path / "e"), limit=3, max_new_tokens=6
+    )
     summary = evaluate(config)
     rows = [r for _, r in read_jsonl(tmp_path / "e" / "results.jsonl")]
     assert summary["n"] == 3 and len(rows) == 3 and summary["method"] == "rule-extracted"
@@ -43,8 +44,9 @@ def test_eval_resume_and_failures(bench, tmp_path):
     (bad / "problems.jsonl").write_text(json.dumps(first) + "\n")
     (bad / "images").mkdir()
     (bad / first["image"]).write_bytes((bench / first["image"]).read_bytes())
-    summary = evaluate(EvalConfig(model="tiny:llama", bench=str(bad), out=str(tmp_path / "f"),
-                                  max_new_tokens=4))
+    summary = evaluate(
+        EvalConfig(model="tiny:llama", bench=str(bad), out=str(tmp_path / "f"), max_new_tokens=4)
+    )
     (row,) = [r for _, r in read_jsonl(tmp_path / "f" / "results.jsonl")]
     assert summary["errors"] == 1 and "caption" in row["error"] and row["correct"] is False
     again = evaluate(EvalConfig(**{**config.to_dict(), "resume": True, "limit": 5}))
@@ -56,9 +58,25 @@ def test_eval_cli_and_report_over_real_runs(bench, tmp_path):
     runs = []
     for policy in ("cot", "cas-seat"):
         out = tmp_path / policy
-        result = CliRunner().invoke(main, ["eval", "--model", "tiny:llama", "--bench", str(bench),
-                                           "--out", str(out), "--limit", "2", "--policy", policy,
-                                           "--max-new-tokens", "4", "--json"])
+        result = CliRunner().invoke(
+            main,
+            [
+                "eval",
+                "--model",
+                "tiny:llama",
+                "--bench",
+                str(bench),
+                "--out",
+                str(out),
+                "--limit",
+                "2",
+                "--policy",
+                policy,
+                "--max-new-tokens",
+                "4",
+                "--json",
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["policy"] == policy
         runs.append(out)

@@ -402,7 +402,9 @@ def test_mathvision_parquet_uses_decoded_image(tmp_path: Path) -> None:
     ]
     path = write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", rows)
     problems = load_problems(path)
-    assert re.fullmatch(r"test-00000-of-00001_images/5-[0-9a-f]{12}\.png", by_pid(problems)["5"]["image"])
+    assert re.fullmatch(
+        r"test-00000-of-00001_images/5-[0-9a-f]{12}\.png", by_pid(problems)["5"]["image"]
+    )
     assert by_pid(problems)["6"]["metadata"]["split"] == "test"
     assert problems.image_path(by_pid(problems)["6"]).read_bytes() == image_bytes("PNG")
 
@@ -510,7 +512,9 @@ def test_mathverse_json_hyphenated_types_and_embedded_choices(mathverse_json: Pa
 def test_mathverse_parquet_image_struct(mathverse_parquet: Path) -> None:
     problems = load_problems(mathverse_parquet)
     check_mathverse_rows(by_pid(problems))
-    assert re.fullmatch(r"testmini-00000-of-00001_images/9-[0-9a-f]{12}\.png", by_pid(problems)["9"]["image"])
+    assert re.fullmatch(
+        r"testmini-00000-of-00001_images/9-[0-9a-f]{12}\.png", by_pid(problems)["9"]["image"]
+    )
     assert problems.image_path(by_pid(problems)["9"]).is_file()
 
 

@@ -268,7 +268,12 @@ def test_a_resumed_run_writes_what_an_uninterrupted_one_does(bench, tmp_path):
     synthesize(SynthConfig(**base, out=str(tmp_path / "parts"), limit=15))  # "interrupted" at 15
     synthesize(SynthConfig(**base, out=str(tmp_path / "parts"), limit=40, resume=True))
     for name in ("samples.jsonl", "heldout.jsonl", "rejected.jsonl", "teacher_outputs.jsonl"):
-        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "parts" / name).read_bytes(), name
-    whole, parts = (json.loads((tmp_path / d / "stats.json").read_text()) for d in ("whole", "parts"))
+        assert (tmp_path / "whole" / name).read_bytes() == (
+            tmp_path / "parts" / name
+        ).read_bytes(), name
+    whole, parts = (
+        json.loads((tmp_path / d / "stats.json").read_text()) for d in ("whole", "parts")
+    )
     assert {k: v for k, v in whole.items() if k != "throughput"} == {
-        k: v for k, v in parts.items() if k != "throughput"}
+        k: v for k, v in parts.items() if k != "throughput"
+    }
