@@ -446,6 +446,42 @@ def _render_run(result: Any) -> Callable[[dict[str, Any]], str]:
     return render
 
 
+# ---------------------------------------------------------------- quantize
+def _quantize_config_class() -> Any:
+    from quantize.config import QuantizeConfig
+
+    return QuantizeConfig
+
+
+@main.command("quantize")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+@click_options(_quantize_config_class())
+@json_option
+def quantize_command(config_file: str | None, as_json: bool, **params: Any) -> None:
+    """Quantize a model's linear layers with bitsandbytes (bnb-int8, bnb-nf4) into a safetensors
+    checkpoint the torch backend reloads; checks next-token parity against the fp32 source
+    (exit 3 if it fails, after the files are written).
+
+    Example: casseat-edge quantize --model tiny:llama --method bnb-nf4 --out llama-nf4
+    """
+    from quantize import QuantizeConfig, quantize
+
+    config = load_config(QuantizeConfig, config_file, cli_overrides(params))
+    emit(quantize(config), as_json, _render_quantize)
+
+
+def _render_quantize(s: dict[str, Any]) -> str:
+    p = s["parity"]
+    return "\n".join(
+        [
+            f"{s['method']} of {s['model']} -> {s['out']} ({s['seconds']} s): {s['size_mb']} MB, "
+            f"{s['bits_per_weight']} bits/weight over {s['quantized_params']} linear params",
+            f"  parity vs fp32 over {p['positions']} positions: top1 {p['top1']} "
+            f"(min {p['top1_min']}), KL {p['kl']} (max {p['kl_max']})",
+        ]
+    )
+
+
 # ---------------------------------------------------------------- score
 @main.command()
 @click.argument("results", type=click.Path(dir_okay=False))
