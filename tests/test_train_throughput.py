@@ -1,0 +1,29 @@
+"""Smoke test of `benchmarks/train_throughput.py`: two steps on tiny:smolvlm through a subprocess;
+the last stdout line is the JSON summary with both tokens/s and peak RSS measured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+def test_train_throughput_smoke():
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--steps", "2", "--batch-size", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["model"] == "tiny:smolvlm"
+    for key in ("ours_tokens_per_s", "bare_tokens_per_s", "ours_peak_rss_mib", "bare_peak_rss_mib"):
+        assert summary[key] > 0, key
+    assert summary["ratio"] > 0
+    assert summary["tokens"] > 0
+    assert summary["same_trainable_params"] is True
+    assert summary["loss_max_abs_diff"] < 1e-3  # same init, batches and masks: same losses
