@@ -52,6 +52,12 @@ def test_tiny_forward_and_generate(name):
     assert torch.equal(out, again)
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_have_no_all_zero_embedding_rows(name):
+    weight = load_model(f"tiny:{name}").model.get_input_embeddings().weight
+    assert bool((weight.abs().sum(-1) > 0).all())
+
+
 @pytest.mark.parametrize("name", [n for n in TINY if tiny_names()[n].vision])
 def test_tiny_vlm_output_depends_on_the_image(name):
     loaded = load_model(f"tiny:{name}")

@@ -29,7 +29,7 @@ from casseat_edge.models.store import casseat_home, materialize
 from casseat_edge.registry import ARCHS
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
-TINY_BUILDER_VERSION = "1"  # bump when a tiny config changes: cached tiny models are rebuilt
+TINY_BUILDER_VERSION = "2"  # bump when a tiny config changes: cached tiny models are rebuilt
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,6 +38,7 @@ def save_tiny(out: Path, model: Any, processor: Any, arch: type[ArchSpec], seed:
     """Save a tiny model + processor as an ordinary HF directory with our manifest."""
     from casseat_edge.artifacts import write_manifest
 
+    _fill_zero_embedding_rows(model, seed)
     model.generation_config.eos_token_id = processor_tokenizer(processor).eos_token_id
     model.generation_config.pad_token_id = processor_tokenizer(processor).pad_token_id
     model.save_pretrained(out, safe_serialization=True)
@@ -50,6 +51,20 @@ def save_tiny(out: Path, model: Any, processor: Any, arch: type[ArchSpec], seed:
         params=params,
         architecture=arch.architecture,
     )
+
+
+def _fill_zero_embedding_rows(model: Any, seed: int) -> None:
+    """`nn.Embedding(padding_idx=...)` starts the pad token's row at zero; our pad token is
+    `<|im_end|>` (the end of every turn), and llama.cpp's qwen2vl graph turns an all-zero row into
+    NaN logits. Give such rows ordinary random values (seeded) like every other token."""
+    import torch
+
+    weight = model.get_input_embeddings().weight
+    zero = weight.detach().abs().sum(-1) == 0
+    if bool(zero.any()):
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            weight[zero] = torch.randn(int(zero.sum()), weight.shape[1], generator=generator) * 0.02
 
 
 def processor_tokenizer(processor: Any) -> Any:
