@@ -57,6 +57,11 @@ def _decode(source: str | Path | bytes) -> Image.Image:
     return image
 
 
+def processor_tokenizer(processor: Any) -> Any:
+    """The tokenizer inside a multimodal processor, or the tokenizer itself (text-only models)."""
+    return getattr(processor, "tokenizer", processor)
+
+
 def user_messages(question: str, with_image: bool = True) -> list[dict[str, Any]]:
     """A one-turn conversation in the HF content-list format (image first, then the question)."""
     if not question or not question.strip():
@@ -137,7 +142,7 @@ def encode_batch(
         render_prompt(processor, arch, m, c, add_generation_prompt)
         for m, c in zip(conversations, captions)
     ]
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = processor_tokenizer(processor)
     tokenizer.padding_side = "left"
     kwargs: dict[str, Any] = {"return_tensors": "pt", "add_special_tokens": False, "padding": True}
     if not arch.vision:

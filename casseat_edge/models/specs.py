@@ -26,6 +26,7 @@ from casseat_edge.models.embedded import (
     embedded_tokenizer_dir,
 )
 from casseat_edge.models.store import casseat_home, materialize
+from casseat_edge.preprocess import processor_tokenizer
 from casseat_edge.registry import ARCHS
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
@@ -65,7 +66,7 @@ class LoadedModel:
 
     @property
     def tokenizer(self) -> Any:
-        return getattr(self.processor, "tokenizer", self.processor)
+        return processor_tokenizer(self.processor)
 
 
 def tiny_names() -> dict[str, type[ArchSpec]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from casseat_edge.models.archs import ArchSpec, chatml_template
+from casseat_edge.preprocess import processor_tokenizer
 
 
 def tiny_llama_config(tokenizer: Any, **overrides: Any):
@@ -65,10 +66,6 @@ def _fill_zero_embedding_rows(model: Any, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             weight[zero] = torch.randn(int(zero.sum()), weight.shape[1], generator=generator) * 0.02
-
-
-def processor_tokenizer(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
 
 
 def seeded(seed: int) -> None:

@@ -7,6 +7,8 @@ Digits(individual) -> ByteLevel(no prefix space), ByteLevel decoder, control tok
 A test checks the ids equal llama.cpp's on math, unicode, whitespace runs and chat markup.
 
     tok = tokenizer_from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+`GgufChatTemplate` renders a GGUF's own chat template (for the llama.cpp teacher and backend).
 """
 
 from __future__ import annotations
@@ -76,3 +78,28 @@ def tokenizer_from_gguf(path: str | Path):
         model_max_length=int(meta.get("llama.context_length", 2048)),
     )
     return tok
+
+
+class GgufChatTemplate:
+    """`apply_chat_template` over the GGUF's `tokenizer.chat_template` (Jinja, as HF renders it)."""
+
+    def __init__(self, path: Path, bos: str, eos: str) -> None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        source = gguf_fields(path, "tokenizer.chat_template").get("tokenizer.chat_template")
+        if not source:
+            raise ModelSpecError(f"{path}: the GGUF has no tokenizer.chat_template; it cannot chat")
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        self.template = env.from_string(source)
+        self.bos, self.eos = bos, eos
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], tokenize: bool = False, add_generation_prompt=True
+    ) -> str:
+        assert not tokenize, "GgufChatTemplate only renders text"
+        return self.template.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos,
+            eos_token=self.eos,
+        )

@@ -17,7 +17,7 @@ import numpy as np
 
 from casseat_edge.errors import BackendUnavailableError, ModelSpecError
 from casseat_edge.models import ModelRef, resolve_model
-from casseat_edge.models.tokenizer import gguf_fields
+from casseat_edge.models.tokenizer import GgufChatTemplate
 from casseat_edge.registry import BACKENDS
 from runtime.backends.base import Encoded, Engine
 
@@ -29,31 +29,6 @@ class TextOnly:
 
     vision = False
     architecture = "gguf"
-
-
-class GgufChatTemplate:
-    """`apply_chat_template` over the GGUF's `tokenizer.chat_template` (Jinja, as HF renders it)."""
-
-    def __init__(self, path: Path, bos: str, eos: str) -> None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        source = gguf_fields(path, "tokenizer.chat_template").get("tokenizer.chat_template")
-        if not source:
-            raise ModelSpecError(f"{path}: the GGUF has no tokenizer.chat_template; it cannot chat")
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self.template = env.from_string(source)
-        self.bos, self.eos = bos, eos
-
-    def apply_chat_template(
-        self, messages: list[dict[str, Any]], tokenize: bool = False, add_generation_prompt=True
-    ) -> str:
-        assert not tokenize, "GgufChatTemplate only renders text"
-        return self.template.render(
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos,
-            eos_token=self.eos,
-        )
 
 
 @BACKENDS.register("llama.cpp", "llamacpp", "gguf")

@@ -24,7 +24,7 @@ import torch
 
 from casseat_edge.artifacts import read_jsonl
 from casseat_edge.errors import CasseatError, DataError
-from casseat_edge.preprocess import count_images, encode, load_image
+from casseat_edge.preprocess import count_images, encode, load_image, processor_tokenizer
 
 IGNORE_INDEX = -100
 SAMPLES_FILE = "samples.jsonl"
@@ -112,7 +112,7 @@ class SFTDataset(torch.utils.data.Dataset):
         skip_long: bool = False,
     ) -> None:
         self.processor, self.arch = processor, arch
-        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer = processor_tokenizer(processor)
         self.samples: list[Sample] = []
         self.labels: list[list[int]] = []
         self.input_ids: list[list[int]] = []

@@ -17,7 +17,7 @@ from typing import Any
 
 from casseat_edge.errors import BackendUnavailableError, ModelSpecError
 from casseat_edge.models import embedded_gguf, find_mmproj
-from casseat_edge.models.tokenizer import gguf_fields
+from casseat_edge.models.tokenizer import GgufChatTemplate
 from casseat_edge.preprocess import to_text_only
 from casseat_edge.registry import TEACHERS
 from training.synth.teachers.base import ChatTeacher, Generation, SynthItem
@@ -36,18 +36,11 @@ def open_llama(path: Path, n_ctx: int, threads: int, seed: int) -> Any:
     )
 
 
-def chat_formatter(path: Path, llm: Any) -> Any:
-    """The GGUF's own chat template, rendered with llama-cpp-python's Jinja formatter."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = gguf_fields(path, "tokenizer.chat_template").get("tokenizer.chat_template")
-    if not template:
-        raise ModelSpecError(
-            f"{path}: the GGUF has no tokenizer.chat_template; it cannot be a chat teacher"
-        )
+def chat_template(path: Path, llm: Any) -> GgufChatTemplate:
+    """The GGUF's own chat template (the same renderer the runtime uses)."""
     eos = llm.detokenize([llm.token_eos()], special=True).decode()
     bos = llm.detokenize([llm.token_bos()], special=True).decode()
-    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    return GgufChatTemplate(path, bos, eos)
 
 
 class LlamaCppTeacher(ChatTeacher):
@@ -66,7 +59,7 @@ class LlamaCppTeacher(ChatTeacher):
                 "driver, which is not built yet; move the mmproj file away to use captions"
             )
         self.llm = open_llama(self.path, config.n_ctx, config.threads, config.seed)
-        self.formatter = chat_formatter(self.path, self.llm)
+        self.template = chat_template(self.path, self.llm)
 
     def _gguf_path(self) -> Path:
         path = Path(self.argument).expanduser()
@@ -80,8 +73,8 @@ class LlamaCppTeacher(ChatTeacher):
         return [self._generate_one(c, i) for c, i in zip(conversations, items)]
 
     def _generate_one(self, conversation: list[dict[str, Any]], item: SynthItem) -> Generation:
-        prompt = self.formatter(messages=to_text_only(conversation, item.caption))
-        tokens = self.llm.tokenize(prompt.prompt.encode(), add_bos=False, special=True)
+        prompt = self.template.apply_chat_template(to_text_only(conversation, item.caption))
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
         if len(tokens) + self.config.max_new_tokens > self.config.n_ctx:
             raise ModelSpecError(
                 f"{item.pid}: prompt of {len(tokens)} tokens + {self.config.max_new_tokens} new "
@@ -94,7 +87,7 @@ class LlamaCppTeacher(ChatTeacher):
             max_tokens=self.config.max_new_tokens,
             temperature=self.config.temperature,
             seed=self.config.seed,
-            stop=prompt.stop,
+            stop=[self.template.eos],
         )
         usage = out["usage"]
         return Generation(
