@@ -305,28 +305,63 @@ def _render_train(s: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- export
-def _gguf_export_config_class() -> Any:
+def _export_config_classes() -> tuple[Any, ...]:
+    """Each exporter's config class; the command's flags are the union of their fields."""
     from export.gguf import GgufExportConfig
+    from export.onnx import OnnxExportConfig
 
-    return GgufExportConfig
+    return GgufExportConfig, OnnxExportConfig
+
+
+def _export_options(func: Callable) -> Callable:
+    """--quant is shared (gguf takes one type, onnx several); other fields appear once each."""
+    import dataclasses
+
+    seen: set[str] = {"quant"}
+    for cls in _export_config_classes():
+        names = {f.name for f in dataclasses.fields(cls)}
+        func = click_options(cls, skip=tuple(seen))(func)
+        seen |= names
+    return click.option(
+        "--quant",
+        multiple=True,
+        help="gguf: one text-model type (f32, f16, q8_0, q4_k_m, ...)  [default: f16]; onnx: "
+        "fp32|int8|int4, several allowed (comma-separated or repeated)  [default: fp32]",
+    )(func)
+
+
+def _single_quant(config_class: Any, overrides: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """Formats whose `quant` is one value take exactly one --quant."""
+    from casseat_edge.errors import ConfigError
+
+    field = config_class.__dataclass_fields__["quant"]
+    quant = overrides.get("quant")
+    if quant is None or not isinstance(field.default, str):
+        return overrides
+    if len(quant) != 1:
+        raise ConfigError(f"--format {fmt} takes one --quant, got {', '.join(quant)}")
+    return {**overrides, "quant": quant[0]}
 
 
 @main.command()
-@click.option("--format", "fmt", default="gguf", show_default=True, help="Exporter: gguf.")
+@click.option("--format", "fmt", default="gguf", show_default=True, help="Exporter: gguf | onnx.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
-@click_options(_gguf_export_config_class())
+@_export_options
 @json_option
 def export(fmt: str, config_file: str | None, as_json: bool, **params: Any) -> None:
     """Export a model for an edge runtime and verify it against PyTorch (exit 3 if parity fails,
     after the files are written). GGUF: text model + mmproj for VLMs, llama.cpp quant types.
+    ONNX: the split vision_encoder / embed_tokens / decoder_model_merged layout, fp32|int8|int4.
+    Flags of one format only (e.g. --mmproj-quant, --opset) are errors with the other.
 
-    Example: casseat-edge export --model tiny:smolvlm --format gguf --out gguf --quant q4_k_m
+    Example: casseat-edge export --model tiny:smolvlm --format onnx --out onnx --quant fp32,int4
     """
     load_stage_packages()
     from casseat_edge.registry import EXPORTERS
 
     exporter = EXPORTERS.get(fmt)
-    config = load_config(exporter.config_class, config_file, cli_overrides(params))
+    overrides = _single_quant(exporter.config_class, cli_overrides(params), fmt)
+    config = load_config(exporter.config_class, config_file, overrides)
     emit(exporter.export(config), as_json, _render_export)
 
 
@@ -336,9 +371,15 @@ def _render_export(s: dict[str, Any]) -> str:
         f"  {f['file']:<28} {f['size_mb']:>9.2f} MB  {f['bits_per_weight']:>6.2f} bits/weight"
         for f in s["files"]
     ]
+    lines += [
+        f"  variant {v['quant']:<6} {v['size_mb']:>9.2f} MB  {v['bits_per_weight']:>6.2f} bits/weight"
+        for v in s.get("variants", [])
+    ]
+    keys = ("top1", "kl", "rel_max_abs", "logit_change", "cosine")
     for row in s["parity"]:
-        shown = {k: v for k, v in row.items() if k in ("top1", "kl", "rel_max_abs", "logit_change")}
-        lines.append(f"  {row['check']:<10} {'ok' if row['passed'] else 'FAILED'}  {shown or ''}")
+        shown = {k: v for k, v in row.items() if k in keys}
+        check = f"{row['check']} {row.get('type', '')}".strip()
+        lines.append(f"  {check:<18} {'ok' if row['passed'] else 'FAILED'}  {shown or ''}")
     if not s["verified"]:
         lines.append("  not verified (--no-verify)")
     return "\n".join(lines)
@@ -355,7 +396,9 @@ def _render_export(s: dict[str, Any]) -> str:
 )
 @click.option("--image", type=click.Path(dir_okay=False), help="Problem image (PNG/JPEG/WebP).")
 @click.option("--question", required=True, help="The question text.")
-@click.option("--backend", default="torch", show_default=True, help="torch | llama.cpp.")
+@click.option(
+    "--backend", default="torch", show_default=True, help="torch | llama.cpp | onnxruntime."
+)
 @click.option(
     "--policy",
     default="cas-seat",
@@ -379,6 +422,11 @@ def _render_export(s: dict[str, Any]) -> str:
 )
 @click.option("--threads", type=int, help="CPU threads (default: all).")
 @click.option("--no-kv-reuse", is_flag=True, help="Re-prefill every stage (for comparison).")
+@click.option(
+    "--captions/--no-captions",
+    default=None,
+    help="Vision models also read --caption after the image (default: as the model was trained).",
+)
 @json_option
 def run(
     model_spec: str,
@@ -393,6 +441,7 @@ def run(
     answer_type: str | None,
     threads: int | None,
     no_kv_reuse: bool,
+    captions: bool | None,
     as_json: bool,
 ) -> None:
     """Solve one problem with the cascade: prints the reasoning, the verdict, the answer and a
@@ -419,6 +468,7 @@ def run(
         policy=policy,
         max_new_tokens=max_new_tokens,
         kv_reuse=not no_kv_reuse,
+        captions=captions,
         threads=threads,
     ) as cascade:
         result = cascade.solve(image, question, **fields)
@@ -590,25 +640,71 @@ def _pipeline_config_class() -> Any:
 @json_option
 @click.pass_context
 def pipeline(ctx: click.Context, config_file: str | None, as_json: bool, **params: Any) -> None:
-    """The main job: every stage in order on the embedded default model, fully offline.
+    """The main job: every stage in order on the embedded default, fully offline.
 
-    Re-running skips stages whose inputs are unchanged. Writes OUT/pipeline.json.
+    bench -> model (tokenizer check) -> synth (procedural + a real SmolLM2 slice) -> train the
+    demo student -> export (GGUF, ONNX, bitsandbytes; each verified) -> eval (every backend x
+    quant x policy on the held-out split) -> report (OUT/report/report.html, tradeoff.png).
+    Re-running skips stages whose inputs are unchanged; after Ctrl-C it continues where it
+    stopped. Writes OUT/pipeline.json. Exit 3 when an export failed verification (the report is
+    still written).
+
+    Example: casseat-edge pipeline --fast --out runs/fast
     """
-    from casseat_edge.pipeline import PipelineConfig, run_pipeline
+    from casseat_edge.pipeline import PipelineConfig, check_parity, run_pipeline
 
     config = load_config(PipelineConfig, config_file, cli_overrides(params))
     quiet = as_json or ctx.obj.get("quiet") or not sys.stderr.isatty()
-    summary = run_pipeline(config, log=lambda msg: None if quiet else click.echo(msg, err=True))
+    with _stage_bars(quiet) as bars:
+        summary = run_pipeline(
+            config, log=lambda msg: None if quiet else click.echo(msg, err=True), progress=bars
+        )
     emit(summary, as_json, _render_pipeline)
+    check_parity(summary)
+
+
+@contextmanager
+def _stage_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """One tqdm bar per labelled piece of work (a training run, an evaluation)."""
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if quiet:
+            return
+        if label not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
+            bars[label] = tqdm(total=total or None, desc=label, file=sys.stderr, leave=False)
+        bar = bars[label]
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield update
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def _render_pipeline(s: dict[str, Any]) -> str:
-    lines = [
-        f"{name:<8} {row['status']:<8} {row['seconds']:>7.1f} s"
+    lines = [f"pipeline -> {s['out']} ({s['seconds']:.0f} s)"]
+    lines += [
+        f"  {name:<8} {row.get('status', 'done'):<8} {row['seconds']:>7.1f} s"
         for name, row in s["stages"].items()
     ]
-    lines += [f"{name:<8} pending  {what}" for name, what in s["pending"].items()]
-    return "\n".join([f"pipeline -> {s['out']}", *lines])
+    head = s["headline"]
+    if head.get("accuracy"):
+        shown = ", ".join(f"{p} {a:.3f}" for p, a in head["accuracy"].items())
+        lines.append(f"held-out accuracy ({head['reference']}): {shown}")
+    if "cas_seat_minus_cot_points" in head:
+        lines.append(f"cas-seat - cot: {head['cas_seat_minus_cot_points']:+.1f} points")
+    lines.append(f"report: {s['out']}/report/report.html")
+    lines += [f"verification FAILED: {f}" for f in s["parity_failures"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

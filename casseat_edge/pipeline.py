@@ -1,17 +1,22 @@
 """The main job, `casseat-edge pipeline`: every stage in order on the embedded default, offline.
 
-Each stage writes its own artifact directory under `out/` with a manifest, and is skipped on a
-re-run when its manifest records the same inputs. The stages that exist so far:
-
 1. `bench`  - the synthetic benchmark with its train / held-out split;
-2. `model`  - the embedded SmolLM2 materialized as an HF directory, its tokenizer checked against
-              llama.cpp's on every benchmark question (the student's text model must tokenize
-              exactly as the deployed GGUF does);
-3. `synth`  - Cas-SEAT data from the procedural teacher on the train split, and a small slice from
-              the real packaged SmolLM2 teacher (llama.cpp), both through DDF.
+2. `model`  - the packaged SmolLM2's tokenizer (the student's too) checked against llama.cpp's on
+              every benchmark text: the student must tokenize exactly as its deployed GGUF does;
+3. `synth`  - Cas-SEAT data from the procedural teacher on the train split, plus a small slice
+              from the real packaged SmolLM2 teacher (llama.cpp), both through DDF; `--ablation`
+              adds CoT-only and SEAT data from the same problems;
+4. `train`  - the demo student trained on the Cas-SEAT mix (and, with `--ablation`, a CoT-only
+              and a SEAT student with the same budget);
+5. `export` - GGUF (text + mmproj) per llama.cpp type, ONNX (split layout) per type, and a
+              bitsandbytes checkpoint, each verified against the trained student;
+6. `eval`   - every backend x quant with each policy on the held-out split;
+7. `report` - the latency/accuracy tradeoff report over every evaluation.
 
-Training, export, evaluation and the report are appended by the issues that build them;
-`pipeline.json` lists what ran and what is still to come.
+Every stage writes its own directory under `out/`; `out/.stamps/<stage>.json` records the stage's
+config and input hashes, so a re-run skips what is unchanged and a run stopped with Ctrl-C
+continues (evaluations resume their `results.jsonl`). Verification failures do not stop the job:
+they are reported, and the CLI exits with code 3 after the report is written.
 
     summary = run_pipeline(PipelineConfig(out="runs/main"))
 """
@@ -19,23 +24,16 @@ Training, export, evaluation and the report are appended by the issues that buil
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from casseat_edge.artifacts import read_manifest, write_json_atomic
 from casseat_edge.config import StageConfig, option
-from casseat_edge.errors import CasseatError, ConfigError, ParityError
+from casseat_edge.errors import ConfigError, ParityError
 
-PENDING_STAGES = {
-    "train": "student fine-tuning (issue 4)",
-    "export": "GGUF / ONNX / bitsandbytes artifacts (issue 5)",
-    "eval": "cascaded evaluation on every backend x quant (issues 6, 7)",
-    "report": "latency/accuracy tradeoff report (issue 7)",
-}
+STAGES = ("bench", "model", "synth", "train", "export", "eval", "report")
+STUDENTS = {"cas-seat": "cas-seat", "cot": "cot-only", "seat": "seat"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,152 +42,93 @@ class PipelineConfig(StageConfig):
 
     out: str = option("runs/main", "output directory; each stage writes a subdirectory")
     fast: bool = option(False, "a small end-to-end run (CI-sized) instead of the full one")
+    ablation: bool = option(
+        False, "also train CoT-only and SEAT students with the same budget and compare all three"
+    )
     seed: int = option(7, "seed for the benchmark and every later stage")
-    n: int = option(1000, "benchmark size (the --fast run uses 120)")
-    model: str = option("embedded:smollm2-135m-instruct", "the student's base model spec")
+    n: int = option(1000, "benchmark size (--fast: at most 120)")
+    student: str = option("smolvlm", "the demo student's preset (`student:<preset>`)")
+    train_steps: int = option(0, "student steps on the Cas-SEAT mix (0: the preset's; --fast: 60)")
     real_teacher: str = option(
-        "embedded:smollm2-135m-instruct", "the real teacher of the small slice"
+        "embedded:smollm2-135m-instruct", "the real teacher of the small synthesis slice"
     )
     real_teacher_problems: int = option(10, "problems for the real-teacher slice (--fast: 3)")
+    gguf_quants: tuple[str, ...] = option(("f16", "q8_0", "q4_k_m"), "GGUF text-model types")
+    onnx_quants: tuple[str, ...] = option(("fp32", "int8", "int4"), "ONNX variants")
+    bnb_methods: tuple[str, ...] = option(("bnb-nf4",), "bitsandbytes checkpoints (torch backend)")
+    policies: tuple[str, ...] = option(("cot", "cas-seat"), "cascade policies evaluated")
+    eval_limit: int = option(0, "held-out problems per evaluation (0: all; --fast: 10)")
+    max_new_tokens: int = option(
+        0, "generation budget per stage in evaluations (0: 160; --fast: 64)"
+    )
+    threads: int = option(
+        0, "CPU threads for llama.cpp and onnxruntime (0: all cores; 1 on a busy machine)"
+    )
 
     def __post_init__(self) -> None:
         if self.n < 10:
             raise ConfigError(f"--n: {self.n} is too small for a train/held-out split; use >= 10")
+        if self.eval_limit < 0 or self.max_new_tokens < 0 or self.train_steps < 0:
+            raise ConfigError("--eval-limit, --max-new-tokens and --train-steps must be >= 0")
 
     @property
     def bench_size(self) -> int:
         return min(self.n, 120) if self.fast else self.n
 
+    @property
+    def student_budget(self) -> dict[str, int]:
+        """Overrides of the student's training budget (the same for every ablation student)."""
+        steps = self.train_steps or (60 if self.fast else 0)
+        return {"steps": steps} if steps else {}
+
+    @property
+    def held_out_limit(self) -> int:
+        return self.eval_limit or (10 if self.fast else 0)
+
+    @property
+    def generation_budget(self) -> int:
+        return self.max_new_tokens or (64 if self.fast else 160)
+
 
 Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
 
 
-def run_pipeline(config: PipelineConfig, log: Log = lambda _: None) -> dict[str, Any]:
+def run_pipeline(
+    config: PipelineConfig, log: Log = lambda _: None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run (or continue) every stage; returns the summary written to `out/pipeline.json`.
+    Exports that fail verification are listed in its `parity_failures` (see `check_parity`)."""
+    from casseat_edge.artifacts import write_json_atomic
+    from casseat_edge.pipeline_stages import STAGE_FUNCTIONS, Context
+
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    context = Context(config, out, log, progress or (lambda *_: None))
     stages: dict[str, Any] = {}
-    for name, stage in (("bench", _bench_stage), ("model", _model_stage), ("synth", _synth_stage)):
+    for name in STAGES:
         start = time.perf_counter()
         log(f"[{name}] running")
-        stages[name] = {**stage(config, out, log), "seconds": round(time.perf_counter() - start, 2)}
+        stages[name] = {
+            **STAGE_FUNCTIONS[name](context),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
     summary = {
         "out": str(out),
         "config": config.to_dict(),
         "stages": stages,
-        "pending": PENDING_STAGES,
+        "seconds": round(sum(s["seconds"] for s in stages.values()), 2),
+        "headline": context.headline(),
+        "parity_failures": context.parity_failures,
     }
     write_json_atomic(out / "pipeline.json", summary)
     return summary
 
 
-def _bench_stage(config: PipelineConfig, out: Path, log: Log) -> dict[str, Any]:
-    from casseat_edge.bench import BenchConfig, make_bench
-
-    bench = BenchConfig(
-        out=str(out / "bench"), n=config.bench_size, seed=config.seed, overwrite=True
-    )
-    if _same_config(out / "bench", bench.to_dict()):
-        log("[bench] unchanged, skipped")
-        return {"status": "skipped", "path": bench.out}
-    summary = make_bench(bench)
-    return {
-        "status": "done",
-        "path": bench.out,
-        "n": summary["n"],
-        "splits": summary["counts"]["split"],
-    }
-
-
-def _model_stage(config: PipelineConfig, out: Path, log: Log) -> dict[str, Any]:
-    from casseat_edge.models import resolve_model
-
-    ref = resolve_model(config.model)
-    result: dict[str, Any] = {"status": "done", **ref.describe()}
-    if ref.gguf is not None:
-        result["tokenizer_parity"] = check_tokenizer_parity(ref, out / "bench" / "problems.jsonl")
-        log(
-            f"[model] tokenizer ids equal llama.cpp's on {result['tokenizer_parity']['texts']} texts"
+def check_parity(summary: dict[str, Any]) -> None:
+    """Raise `ParityError` (exit 3) when an export of the finished run failed verification."""
+    if summary["parity_failures"]:
+        raise ParityError(
+            f"{summary['out']}: pipeline finished (report in {summary['out']}/report) but "
+            "verification failed: " + "; ".join(summary["parity_failures"])
         )
-    return result
-
-
-def _synth_stage(config: PipelineConfig, out: Path, log: Log) -> dict[str, Any]:
-    from training.synth import SynthConfig, synthesize
-    from training.synth.run import run_settings
-
-    slice_n = min(config.real_teacher_problems, 3) if config.fast else config.real_teacher_problems
-    runs = {
-        "procedural": SynthConfig(
-            problems=str(out / "bench"),
-            teacher="procedural",
-            out=str(out / "synth"),
-            seed=config.seed,
-            resume=True,
-        ),
-        "real": SynthConfig(
-            problems=str(out / "bench"),
-            teacher=config.real_teacher,
-            out=str(out / "synth-real"),
-            seed=config.seed,
-            limit=slice_n,
-            max_new_tokens=192,
-            resume=True,
-        ),
-    }
-    result: dict[str, Any] = {"status": "done"}
-    for name, synth in runs.items():
-        settings = run_settings(synth)
-        if _same_config(
-            Path(synth.out), synth.to_dict(), {"problems": settings["problems_sha256"]}
-        ):
-            log(f"[synth] {name}: unchanged, skipped")
-            result[name] = {"status": "skipped", "path": synth.out}
-            continue
-        _drop_stale_run(Path(synth.out), settings)
-        stats = synthesize(synth)
-        result[name] = {key: stats[key] for key in ("teacher", "problems", "samples", "keep_rate")}
-        result[name]["tokens_per_s"] = stats["throughput"]["tokens_per_s"]
-        log(f"[synth] {name}: keep rate {stats['keep_rate']}")
-    return result
-
-
-def check_tokenizer_parity(ref: Any, problems_path: Path) -> dict[str, Any]:
-    """Our HF tokenizer vs llama.cpp's on every question and caption; any difference is a ParityError."""
-    try:
-        import llama_cpp
-    except ImportError:
-        raise CasseatError(
-            "the tokenizer check needs llama-cpp-python; run scripts/setup.sh (extra: llama)"
-        ) from None
-    from transformers import AutoTokenizer
-
-    from casseat_edge.artifacts import read_jsonl
-
-    ours = AutoTokenizer.from_pretrained(ref.path)
-    reference = llama_cpp.Llama(str(ref.gguf), vocab_only=True, verbose=False)
-    texts = [t for _, row in read_jsonl(problems_path) for t in _texts(row)]
-    for text in texts:
-        expected = reference.tokenize(text.encode(), add_bos=False, special=True)
-        if ours(text, add_special_tokens=False).input_ids != expected:
-            raise ParityError(f"{ref.path}: tokenizer ids differ from llama.cpp's on {text[:60]!r}")
-    return {"texts": len(texts), "mismatches": 0}
-
-
-def _texts(row: dict[str, Any]) -> list[str]:
-    return [row["question"], row["metadata"].get("caption", ""), *(row.get("choices") or [])]
-
-
-def _drop_stale_run(path: Path, settings: dict[str, Any]) -> None:
-    """An interrupted run over other inputs cannot be resumed: start that stage afresh."""
-    run_file = path / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()) != settings:
-        shutil.rmtree(path)
-
-
-def _same_config(path: Path, config: dict[str, Any], inputs: dict[str, str] | None = None) -> bool:
-    """True when the stage's manifest records this config (and these input hashes)."""
-    try:
-        manifest = read_manifest(path)
-    except CasseatError:
-        return False
-    return manifest["config"] == config and (inputs is None or manifest["inputs"] == inputs)

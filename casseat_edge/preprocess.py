@@ -2,7 +2,8 @@
 
 Training collation, export dummy inputs and the runtime all call these functions, so the tensors a
 model is trained on, exported with and served with are the same (a test checks it). Text-only
-models see no pixels: each image part of a message becomes the image's caption.
+models see no pixels: each image part of a message becomes the image's caption. Caption-augmented
+vision models (`add_caption`) see both: the image, then the same caption text.
 
     image = load_image("bench/images/bar_chart-00001.png")
     messages = user_messages("What is the value of bar B?")
@@ -84,11 +85,41 @@ def to_text_only(messages: list[dict[str, Any]], caption: str | None) -> list[di
                         raise DataError(
                             "a text-only model needs the image caption; the problem has none"
                         )
-                    parts.append(CAPTION_PREFIX + caption.strip() + "\n")
+                    parts.append(caption_text(caption))
                 elif part["type"] == "text":
                     parts.append(part["text"])
             content = "".join(parts)
         out.append({**message, "content": content})
+    return out
+
+
+def caption_text(caption: str) -> str:
+    """The text that stands for (or goes with) an image: the prefixed caption and a newline."""
+    return CAPTION_PREFIX + caption.strip() + "\n"
+
+
+def add_caption(messages: list[dict[str, Any]], caption: str | None) -> list[dict[str, Any]]:
+    """Caption-augmented prompts for vision models: a text part with the caption right after each
+    image part (the image stays). The same text `to_text_only` puts in place of the image, so a
+    caption-augmented vision model and a text-only model read identical caption text. Returns new
+    messages; the input is not changed. Messages without an image part are returned as they are."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str) or not any(p["type"] == "image" for p in content):
+            out.append(message)
+            continue
+        if caption is None or not caption.strip():
+            raise DataError(
+                "captions: the prompt is caption-augmented but the problem has no caption; "
+                "add metadata.caption or turn captions off"
+            )
+        parts: list[dict[str, Any]] = []
+        for part in content:
+            parts.append(part)
+            if part["type"] == "image":
+                parts.append({"type": "text", "text": caption_text(caption)})
+        out.append({**message, "content": parts})
     return out
 
 

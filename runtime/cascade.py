@@ -8,20 +8,24 @@
 
 Greedy by default. `on_token(stage_name, piece)` streams text as it is generated and
 `on_stage(stage_result)` fires when a stage ends (for apps). Text-only models read the caption
-(`caption=` or `metadata={"caption": ...}`) in place of the image.
+(`caption=` or `metadata={"caption": ...}`) in place of the image. With `captions=True` a vision
+model reads it too, right after the image (caption-augmented, as the demo student is trained);
+the default follows the model's training manifest (`trained_with_captions`).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from casseat_edge.answers import extract, is_correct
+from casseat_edge.artifacts import MANIFEST
 from casseat_edge.errors import ConfigError, DataError
 from casseat_edge.models import ModelRef
-from casseat_edge.preprocess import load_image
+from casseat_edge.preprocess import add_caption, load_image
 from casseat_edge.prompts import POLICIES, parse_verdict, prompt_info
 from casseat_edge.registry import BACKENDS
 from runtime.backends import Conversation, Engine
@@ -43,6 +47,7 @@ class Cascade:
         max_new_tokens: int = 256,
         max_refine_rounds: int = 1,
         kv_reuse: bool = True,
+        captions: bool | None = None,
         on_token: Callable[[str, str], None] | None = None,
         on_stage: Callable[[StageResult], None] | None = None,
         **backend_options: Any,
@@ -58,6 +63,10 @@ class Cascade:
         self.max_new_tokens = max_new_tokens
         self.max_refine_rounds = max_refine_rounds
         self.kv_reuse = kv_reuse
+        # caption-augmented prompts (vision models; text-only models read the caption anyway):
+        # by default as the model was trained (its manifest's `captions`)
+        wanted = trained_with_captions(self.engine.spec) if captions is None else captions
+        self.captions = bool(wanted) and self.engine.vision
         self.on_token, self.on_stage = on_token, on_stage
         self.backend_options = backend_options
 
@@ -87,6 +96,8 @@ class Cascade:
 
         def say(name: str, messages: list[dict[str, Any]]) -> str:
             stream = (lambda piece: self.on_token(name, piece)) if self.on_token else None
+            if self.captions:
+                messages = add_caption(messages, caption)
             out = conversation.turn(messages, pixels, caption, self.max_new_tokens, stream)
             stage = _stage_result(name, out, problem, image_ms if not stages else 0.0)
             stages.append(stage)
@@ -109,7 +120,11 @@ class Cascade:
             correct=correct,
             kv_reuse=self.kv_reuse,
             pid=problem.get("pid"),
-            options={"max_new_tokens": self.max_new_tokens, **self.backend_options},
+            options={
+                "max_new_tokens": self.max_new_tokens,
+                "captions": self.captions,
+                **self.backend_options,
+            },
             **prompt_info(),
         )
 
@@ -154,3 +169,35 @@ def _stage_result(name: str, out: Any, problem: dict[str, Any], image_ms: float)
         verdict=parse_verdict(text),
         answer=extract(text, problem),
     )
+
+
+def trained_with_captions(spec: str | Path) -> bool:
+    """Whether the model behind `spec` was trained on caption-augmented prompts: the `captions`
+    of its training manifest (an HF directory's `casseat.json`), followed from an export's
+    manifest (a directory, or the directory of a `.gguf` / `.onnx` file) to the model it was
+    exported from. False for specs without a manifest (`tiny:`, `embedded:`, plain files)."""
+    path = Path(str(spec))
+    for _ in range(3):  # export dir -> source model dir; no longer chains exist
+        manifest = _manifest_near(path)
+        if manifest is None:
+            return False
+        if "captions" in manifest:
+            return bool(manifest["captions"])
+        source = (manifest.get("config") or {}).get("model")
+        if manifest.get("kind") != "export" or not source:
+            return False
+        path = Path(str(source))
+    return False
+
+
+def _manifest_near(path: Path) -> dict[str, Any] | None:
+    if not path.exists():  # `tiny:...`, `embedded:...`
+        return None
+    file = (path if path.is_dir() else path.parent) / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None

@@ -32,6 +32,7 @@ from casseat_edge.prompts import POLICIES, prompt_info
 from runtime.summary import summarize
 
 RESULTS = "results.jsonl"
+CAPTIONS = {"auto": None, "on": True, "off": False}
 PROBLEM_FIELDS = ("pid", "answer", "answer_type", "choices", "precision", "unit", "question_type")
 
 
@@ -53,7 +54,18 @@ class EvalConfig(StageConfig):
     split: str = option("test", "evaluate problems whose metadata.split is this ('' for all)")
     limit: int = option(0, "evaluate at most this many problems (0: all)")
     max_new_tokens: int = option(256, "generation budget per stage")
-    quant: str = option("", "label for the report (default: read from the model)")
+    quant: str = option(
+        "",
+        "the variant to load where an export holds several (ONNX: fp32|int8|int4), and the "
+        "report's label (default: read from the model)",
+    )
+    captions: Literal["auto", "on", "off"] = option(
+        "auto",
+        "caption-augmented prompts for vision models (the caption after the image); auto: as "
+        "the model was trained (its casseat.json)",
+    )
+    name: str = option("", "the model's name in reports (default: the model spec)")
+    threads: int = option(0, "CPU threads for the backend (0: its default, all cores)")
     resume: bool = option(False, "continue an interrupted evaluation in --out")
 
     def __post_init__(self) -> None:
@@ -61,6 +73,8 @@ class EvalConfig(StageConfig):
             raise ConfigError("--bench: required; pass a directory with problems.jsonl")
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
+        if self.captions not in CAPTIONS:
+            raise ConfigError(f"--captions: {self.captions!r} is not one of auto, on, off")
         if self.limit < 0 or self.max_new_tokens < 1:
             raise ConfigError("--limit must be >= 0 and --max-new-tokens >= 1")
 
@@ -86,6 +100,9 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
         backend=config.backend,
         policy=config.policy,
         max_new_tokens=config.max_new_tokens,
+        captions=CAPTIONS[config.captions],
+        **_variant(config),
+        **({"threads": config.threads} if config.threads else {}),
     )
     with cascade, JsonlAppender(out / RESULTS) as writer:
         done = {row["pid"] for _, row in read_jsonl(out / RESULTS) if not row.get("error")}
@@ -100,6 +117,14 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     write_json_atomic(out / "summary.json", summary)
     write_manifest(out, "eval", config.to_dict(), {"bench": problems.source}, **prompt_info())
     return summary
+
+
+def _variant(config: EvalConfig) -> dict[str, str]:
+    """Backends whose exports hold several variants load the one `--quant` names."""
+    from casseat_edge.registry import BACKENDS
+
+    engine = BACKENDS.get(config.backend)
+    return {"quant": config.quant} if config.quant and getattr(engine, "variants", False) else {}
 
 
 def _prepare(out: Path, config: EvalConfig) -> Path:
@@ -139,9 +164,11 @@ DEFAULT_QUANT = {"torch": "fp32", "llama.cpp": "gguf"}
 def _run_facts(config: EvalConfig, cascade: Any) -> dict[str, Any]:
     return {
         "model": config.model,
+        "name": config.name or config.model,
         "backend": config.backend,
         "policy": config.policy,
         "quant": config.quant or DEFAULT_QUANT.get(config.backend, "unknown"),
+        "captions": cascade.captions,
         "model_bytes": cascade.engine.model_bytes(),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }

@@ -39,13 +39,15 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
         runs.append({**summary, "dir": str(run_dir)})
     if not runs:
         raise DataError("no run directories given; pass one or more eval output directories")
-    models = {r.get("model") for r in runs}
+    names = {_name(r) for r in runs}
     for run in runs:
         parts = [run.get("backend", "?"), run.get("quant", "?"), run.get("policy", "?")]
-        run["label"] = "/".join(
-            str(p) for p in ([run.get("model")] if len(models) > 1 else []) + parts
-        )
+        run["label"] = "/".join(str(p) for p in ([_name(run)] if len(names) > 1 else []) + parts)
     return runs
+
+
+def _name(run: dict[str, Any]) -> str:
+    return run.get("name") or run.get("model") or "?"
 
 
 def latency_p50(run: dict[str, Any]) -> float:
@@ -199,8 +201,11 @@ def markdown_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
-    """Write every report file into `out` and return the report document."""
+def write_report(
+    run_dirs: list[str | Path], out: str | Path, sections: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Write every report file into `out` and return the report document. `sections` are extra
+    markdown tables (heading -> table) shown after the runs, e.g. the pipeline's export checks."""
     runs = load_runs(run_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +222,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
         "runs": runs,
         "pareto_front": [runs[i]["label"] for i in pareto_front(runs)],
         "files": [f"{n}.png" for n in PLOTS] + ["report.html", "report.md"],
+        "sections": sections or {},
     }
     write_json_atomic(out / "report.json", document)
     write_bytes_atomic(out / "report.md", _markdown(table, document).encode())
@@ -227,15 +233,23 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> dict[str, Any]:
 def _markdown(table: str, document: dict[str, Any]) -> str:
     images = "\n".join(f"![{n}]({n}.png)" for n in PLOTS)
     front = ", ".join(document["pareto_front"])
-    return f"# casseat-edge report\n\nPareto front: {front}\n\n{table}\n\n{images}\n"
+    extra = "".join(f"## {h}\n\n{t}\n\n" for h, t in document["sections"].items())
+    return f"# casseat-edge report\n\nPareto front: {front}\n\n{table}\n\n{extra}{images}\n"
 
 
-def _html(table: str, document: dict[str, Any], out: Path) -> str:
+def _html_table(table: str) -> str:
     rows = [line.strip("|").split("|") for line in table.splitlines()]
     head = "".join(f"<th>{html.escape(c.strip())}</th>" for c in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>"
         for row in rows[2:]
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _html(table: str, document: dict[str, Any], out: Path) -> str:
+    extra = "".join(
+        f"<h2>{html.escape(h)}</h2>{_html_table(t)}" for h, t in document["sections"].items()
     )
     images = "".join(
         f'<figure><img alt="{n}" src="data:image/png;base64,'
@@ -249,5 +263,5 @@ def _html(table: str, document: dict[str, Any], out: Path) -> str:
         "collapse}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}img{max-width:100%}"
         "figure{margin:1.5em 0}</style></head><body><h1>casseat-edge: latency / accuracy</h1>"
         f"<p>Accuracy is rule-extracted. Pareto front: <b>{front}</b></p>"
-        f"<table><tr>{head}</tr>{body}</table>{images}</body></html>"
+        f"{_html_table(table)}{extra}{images}</body></html>"
     )

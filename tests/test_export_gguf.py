@@ -53,6 +53,30 @@ def rows(summary: dict, check: str) -> list[dict]:
     return [r for r in summary["parity"] if r["check"] == check]
 
 
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor shapes in PyTorch order (GGUFReader lists ggml's reversed dims)."""
+    from gguf import GGUFReader
+
+    return {t.name: tuple(int(d) for d in reversed(t.shape)) for t in GGUFReader(str(path)).tensors}
+
+
+def check_text_gguf(path: Path, arch: str, loaded) -> None:
+    """Re-read a text GGUF: architecture, gpt2 tokenizer with one token per embedding row, the
+    chat template, block count and the tensor count/shapes the source model implies."""
+    meta, names = fields(path)
+    config = loaded.model.config.get_text_config()
+    assert meta["general.architecture"] == arch
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    assert len(meta["tokens"]) == config.vocab_size >= len(loaded.tokenizer)
+    template = getattr(loaded.processor, "chat_template", None) or loaded.tokenizer.chat_template
+    assert meta["tokenizer.chat_template"] == template
+    assert meta[f"{arch}.block_count"] == config.num_hidden_layers
+    per_block = {n.split(".", 2)[2] for n in names if n.startswith("blk.0.")}
+    tied = 0 if getattr(config, "tie_word_embeddings", False) else 1  # output.weight
+    assert len(names) == config.num_hidden_layers * len(per_block) + 2 + tied
+    assert tensor_shapes(path)["token_embd.weight"] == (config.vocab_size, config.hidden_size)
+
+
 def test_rope_permutation_keeps_attention_scores():
     """HF rotate_half rope on (W x) must equal llama.cpp's adjacent-pair rope on (P W x)."""
     from export.gguf.text import permute_for_rope
@@ -97,8 +121,11 @@ def test_tokenizer_tables_mark_specials_and_padding():
 
 
 def test_tiny_llama_f32_gguf_reads_back_and_matches_torch(tmp_path):
+    from casseat_edge.models import load_model
+
     summary, out = export(tmp_path, "tiny:llama", "f32")
     assert summary["passed"] is True and [f["role"] for f in summary["files"]] == ["text"]
+    check_text_gguf(out / "model-f32.gguf", "llama", load_model("tiny:llama"))
     meta, tensors = fields(out / "model-f32.gguf")
     assert meta["general.architecture"] == "llama"
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
@@ -123,10 +150,13 @@ def test_tiny_llama_f32_gguf_reads_back_and_matches_torch(tmp_path):
     [("f16", "f32", (15.9, 16.1)), ("q8_0", "q8_0", (8.4, 8.6)), ("q4_k_m", "f16", (4.0, 8.6))],
 )
 def test_tiny_smolvlm_text_and_mmproj(tmp_path, quant, mmproj_quant, bpw):
+    from casseat_edge.models import load_model
+
     summary, out = export(tmp_path, "tiny:smolvlm", quant, mmproj_quant=mmproj_quant)
     assert summary["passed"] is True, summary["parity"]
     text, mmproj = summary["files"]
     assert bpw[0] <= text["bits_per_weight"] <= bpw[1]
+    check_text_gguf(out / text["file"], "llama", load_model("tiny:smolvlm"))
     meta, tensors = fields(out / mmproj["file"])
     assert meta["general.architecture"] == "clip"
     assert meta["clip.projector_type"] == "idefics3" and meta["clip.has_vision_encoder"] is True
@@ -135,8 +165,15 @@ def test_tiny_smolvlm_text_and_mmproj(tmp_path, quant, mmproj_quant, bpw):
     assert meta["clip.vision.image_mean"] == pytest.approx([0.5] * 3)
     assert {"v.patch_embd.weight", "v.blk.1.attn_q.weight", "mm.model.fc.weight"} <= set(tensors)
     assert not any(t.startswith(("blk.", "token_embd")) for t in tensors)
+    assert len(tensors) == 2 * 16 + 6  # 16 per block; patch w/b, positions, post_ln w/b, fc
+    assert tensor_shapes(out / mmproj["file"])["v.position_embd.weight"] == (16, 64)
+    # one tile per image (HF's do_image_splitting=False): libmtmd makes a 1x1 grid + overview
+    assert meta["clip.vision.preproc_image_size"] == 64
     vision = rows(summary, "vision")[0]
     assert vision["image_tokens"] > 0 and vision["logit_change"] > 1e-3
+    embeddings = rows(summary, "image_embeddings")[0]
+    assert embeddings["passed"] and embeddings["type"] == mmproj_quant
+    assert not rows(summary, "image_logits")  # prompt layouts differ (tile + overview vs global)
 
 
 def test_mmproj_q8_0_reads_back(tmp_path):
@@ -195,8 +232,11 @@ def test_no_verify_writes_without_parity(tmp_path):
 
 
 def test_unsupported_architecture_lists_supported(tmp_path):
-    with pytest.raises(UnsupportedArchError, match="supported: .*LlamaForCausalLM"):
-        export(tmp_path, "tiny:qwen2vl")
+    source = tmp_path / "gpt2"
+    source.mkdir()
+    (source / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    with pytest.raises(UnsupportedArchError, match="GPT2LMHeadModel.*supported: .*Qwen2VL"):
+        export(tmp_path, str(source))
 
 
 def test_lora_adapter_directory_is_refused(tmp_path):
@@ -222,18 +262,24 @@ def test_cli_errors_existing_out_and_bad_quant(tmp_path):
 @pytest.mark.slow
 def test_embedded_smollm2_f16_top1_over_200_positions(tmp_path):
     """The real SmolLM2-135M at f16: top-1 agreement >= 0.98 over 200 positions (~40 s)."""
+    from casseat_edge.models import load_model
+
     summary, out = export(tmp_path, "embedded:smollm2-135m-instruct", "f16")
     logits = rows(summary, "logits")[0]
     assert logits["positions"] == 200 and logits["top1"] >= 0.98, logits
     assert summary["passed"] is True
+    check_text_gguf(out / "model-f16.gguf", "llama", load_model("embedded:smollm2-135m-instruct"))
     meta, tensors = fields(out / "model-f16.gguf")
     assert meta["llama.block_count"] == 30 and len(tensors) == 30 * 9 + 2
 
 
 def test_tiny_qwen2_text_gguf_matches_torch(tmp_path):
     """Qwen2 keeps HF's rope layout (no q/k permutation) and has q/k/v biases."""
+    from casseat_edge.models import load_model
+
     summary, out = export(tmp_path, "tiny:qwen2", "f32")
     assert summary["passed"] is True, summary["parity"]
+    check_text_gguf(out / "model-f32.gguf", "qwen2", load_model("tiny:qwen2"))
     meta, tensors = fields(out / "model-f32.gguf")
     assert meta["general.architecture"] == "qwen2" and "blk.0.attn_q.bias" in tensors
 

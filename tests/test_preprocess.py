@@ -84,3 +84,26 @@ def test_image_tokens_expand_to_the_feature_count(spec, token):
     assert n_tokens == n_features > 0
     with pytest.raises(DataError, match="has an image part but no image"):
         encode(loaded.processor, loaded.arch, user_messages("Q?"))
+
+
+def test_add_caption_puts_the_caption_text_after_the_image():
+    from casseat_edge.preprocess import add_caption
+
+    messages = user_messages("How many bars?") + [
+        {"role": "assistant", "content": [{"type": "text", "text": "3"}]}
+    ]
+    before = [dict(m) for m in messages]
+    out = add_caption(messages, " A bar chart with 3 bars. ")
+    assert messages == before  # a new list; the input is unchanged
+    assert out[0]["content"] == [
+        {"type": "image"},
+        {"type": "text", "text": CAPTION_PREFIX + "A bar chart with 3 bars.\n"},
+        {"type": "text", "text": "How many bars?"},
+    ]
+    assert out[1] is messages[1]  # no image: left as it is
+    # a caption-augmented vision model reads exactly the caption text a text-only model reads
+    flat = to_text_only(messages, "A bar chart with 3 bars.")[0]["content"]
+    assert "".join(p.get("text", "") for p in out[0]["content"]) == flat
+    with pytest.raises(DataError, match="captions: .* no caption"):
+        add_caption(messages, None)
+    assert add_caption([{"role": "user", "content": "text"}], None)[0]["content"] == "text"

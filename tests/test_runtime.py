@@ -310,3 +310,44 @@ def test_profile_aggregates_repeats_without_warmups(tiny_llama: TorchEngine) -> 
     assert stage2["new_prefill_tokens"] < stage2["prompt_tokens"]
     assert report["peak_rss_mb"] > 0 and report["model_bytes"] > 0
     json.dumps(report)
+
+
+# ---------------------------------------------------------------- caption-augmented prompts
+def test_captions_option_adds_the_caption_after_the_image(
+    tiny_vlm: TorchEngine, tiny_llama: TorchEngine, image_path: str
+) -> None:
+    question = "What is the area?"
+    plain = Cascade(tiny_vlm, policy="cas-seat", max_new_tokens=3)
+    captioned = Cascade(tiny_vlm, policy="cas-seat", max_new_tokens=3, captions=True)
+    assert (plain.captions, captioned.captions) == (False, True)  # tiny: no manifest -> off
+    without = plain.solve(image_path, question, **PROBLEM)
+    with_caption = captioned.solve(image_path, question, **PROBLEM)
+    caption_tokens = len(tiny_vlm.tokenize(f"Image description: {PROBLEM['caption']}\n"))
+    for a, b in zip(without.stages, with_caption.stages):
+        assert b.prompt_tokens == a.prompt_tokens + caption_tokens
+    assert with_caption.stages[1].reused_tokens > 0  # stage 2 still continues stage 1's cache
+    assert with_caption.options["captions"] is True
+    with pytest.raises(DataError, match="captions: .* no caption"):
+        captioned.solve(image_path, question, answer="12")
+    # text-only models read the caption anyway: the option changes nothing for them
+    assert Cascade(tiny_llama, policy="cot", captions=True).captions is False
+
+
+def test_captions_default_follows_the_training_manifest(tmp_path) -> None:
+    from runtime.cascade import trained_with_captions
+
+    model = tmp_path / "student"
+    model.mkdir()
+    (model / "casseat.json").write_text(json.dumps({"kind": "model", "captions": True}))
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model-q8_0.gguf").write_bytes(b"")
+    manifest = {"kind": "export", "config": {"model": str(model)}}
+    (export / "casseat.json").write_text(json.dumps(manifest))
+    assert trained_with_captions(model) is True
+    assert trained_with_captions(export / "model-q8_0.gguf") is True  # export -> its source
+    assert trained_with_captions(export) is True
+    (model / "casseat.json").write_text(json.dumps({"kind": "model", "captions": False}))
+    assert trained_with_captions(export) is False
+    assert trained_with_captions("tiny:smolvlm") is False
+    assert trained_with_captions(tmp_path / "missing") is False

@@ -323,3 +323,39 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------- captions, label-position loss
+def test_captions_add_the_caption_to_prompts_not_to_labels(synth_dir):
+    loaded = load_model("tiny:smolvlm")
+    tok = loaded.tokenizer
+    samples = load_samples(synth_dir, limit=4)
+    plain = SFTDataset(samples, loaded.processor, loaded.arch, max_length=4096)
+    captioned = SFTDataset(samples, loaded.processor, loaded.arch, max_length=4096, captions=True)
+    for sample, a, b, la, lb in zip(
+        samples, plain.input_ids, captioned.input_ids, plain.labels, captioned.labels
+    ):
+        extra = tok(f"Image description: {sample.caption.strip()}\n", add_special_tokens=False)
+        assert len(b) == len(a) + len(extra.input_ids)
+        assert [t for t in la if t != IGNORE_INDEX] == [t for t in lb if t != IGNORE_INDEX]
+        assert sample.caption.strip() in tok.decode(b)
+    text_only = load_model("tiny:llama")
+    ds = SFTDataset(samples, text_only.processor, text_only.arch, 4096, captions=True)
+    assert not ds.captions  # text-only models read the caption in place of the image anyway
+    assert ds.input_ids == SFTDataset(samples, text_only.processor, text_only.arch, 4096).input_ids
+
+
+@pytest.mark.parametrize("spec", ["tiny:smolvlm", "tiny:qwen2vl", "tiny:llama"])
+def test_label_position_loss_equals_the_hf_loss(synth_dir, spec):
+    from training.sft.loss import label_position_loss
+
+    loaded = load_model(spec)
+    dataset = SFTDataset(load_samples(synth_dir, limit=4), loaded.processor, loaded.arch, 4096)
+    batch = SFTCollator(loaded.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    with torch.no_grad():
+        ours = label_position_loss(loaded.model.model, loaded.model.lm_head, batch)
+        reference = loaded.model(**batch).loss
+        n_labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        summed = label_position_loss(loaded.model.model, loaded.model.lm_head, batch, n_labels * 2)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(summed, reference / 2, rtol=1e-5, atol=1e-5)

@@ -201,7 +201,7 @@ def test_judge_drops_evaluations_it_disagrees_with(bench, tmp_path):
 
 
 def test_llama_cpp_path_teacher_and_mmproj_refusal(bench, tmp_path):
-    from casseat_edge.errors import BackendUnavailableError, ModelSpecError
+    from casseat_edge.errors import ModelSpecError
     from casseat_edge.models import embedded_gguf
 
     gguf = tmp_path / "models" / "smollm2.gguf"
@@ -228,7 +228,7 @@ def test_llama_cpp_path_teacher_and_mmproj_refusal(bench, tmp_path):
         )
     assert not (tmp_path / "t").exists()  # nothing to clean up before retrying with a good spec
     (gguf.parent / "mmproj-smollm2.gguf").write_bytes(b"")
-    with pytest.raises(BackendUnavailableError, match="libmtmd driver"):
+    with pytest.raises(ModelSpecError, match="not a readable GGUF mmproj"):  # images: libmtmd
         synthesize(
             SynthConfig(
                 problems=str(bench), teacher=f"llama.cpp:{gguf}", out=str(tmp_path / "u"), limit=1

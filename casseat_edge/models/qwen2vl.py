@@ -190,7 +190,7 @@ class Qwen25VLArch(_QwenVLBase):
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
-            window_size=56,
+            window_size=112,  # libmtmd's qwen2.5vl_merger has this window built in
             fullatt_block_indexes=[1],
             in_channels=3,
         )

@@ -3,7 +3,9 @@
 - a path: an HF model directory, a `.gguf` file (its `mmproj-*.gguf` sibling found
   automatically) or an export directory with `casseat.json`;
 - `embedded:smollm2-135m-instruct`: the real SmolLM2 packaged in a PyPI wheel (offline default);
-- `tiny:<arch>[@seed]`: a seeded random model of a real architecture, built once and cached.
+- `tiny:<arch>[@seed]`: a seeded random model of a real architecture, built once and cached;
+- `student:<preset>[@seed]`: the untrained demo student (an Idefics3 / SmolVLM sized to be trained
+  from scratch on CPU in minutes; `training.sft.student` trains it), built once and cached.
 
     ref = resolve_model("tiny:smolvlm")
     loaded = load_model(ref)            # transformers model + processor, eval mode
@@ -30,7 +32,8 @@ from casseat_edge.preprocess import processor_tokenizer
 from casseat_edge.registry import ARCHS
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
-TINY_BUILDER_VERSION = "2"  # bump when a tiny config changes: cached tiny models are rebuilt
+TINY_BUILDER_VERSION = "3"  # bump when a tiny config changes: cached tiny models are rebuilt
+STUDENT_BUILDER_VERSION = "1"  # likewise for `student:` presets (their sizes are hashed too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,7 @@ class ModelRef:
     """A resolved model spec: where its files are and what architecture it is."""
 
     spec: str
-    kind: str  # hf | gguf | export | embedded | tiny
+    kind: str  # hf | gguf | export | embedded | tiny | student
     path: Path  # HF directory, .gguf file or export directory
     arch: type[ArchSpec] | None
     gguf: Path | None = None
@@ -79,6 +82,8 @@ def resolve_model(spec: str | Path) -> ModelRef:
         return _resolve_embedded(text)
     if text.startswith("tiny:"):
         return _resolve_tiny(text)
+    if text.startswith("student:"):
+        return _resolve_student(text)
     return _resolve_path(text)
 
 
@@ -123,17 +128,52 @@ def _resolve_tiny(spec: str) -> ModelRef:
     return ModelRef(spec, "tiny", path, arch)
 
 
+def _resolve_student(spec: str) -> ModelRef:
+    """`student:<preset>[@seed]`: the untrained demo student (Idefics3), built once and cached."""
+    from casseat_edge.models.idefics3 import STUDENT_PRESETS, Idefics3Arch
+
+    name, _, seed_text = spec.split(":", 1)[1].partition("@")
+    if name not in STUDENT_PRESETS:
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}; student presets: "
+            + ", ".join("student:" + n for n in STUDENT_PRESETS)
+        )
+    if seed_text and not seed_text.isdigit():
+        raise ModelSpecError(f"model spec {spec!r}: the seed after '@' must be an integer")
+    seed = int(seed_text or 0)
+    tok_dir = embedded_tokenizer_dir()
+    inputs = {
+        "tokenizer": read_manifest(tok_dir)["inputs"]["gguf"],
+        "builder": STUDENT_BUILDER_VERSION,
+        "preset": json.dumps(dataclasses.asdict(STUDENT_PRESETS[name]), sort_keys=True),
+        "transformers": _transformers_version(),
+    }
+
+    def build(tmp: Path) -> None:
+        Idefics3Arch.build_student(tmp, tok_dir, seed, name)
+        manifest = read_manifest(tmp)
+        write_json_atomic(tmp / MANIFEST, {**manifest, "inputs": inputs})
+
+    path = materialize(casseat_home() / "student" / f"{name}-seed{seed}", build, inputs)
+    return ModelRef(spec, "student", path, Idefics3Arch)
+
+
 def _resolve_path(spec: str) -> ModelRef:
     path = Path(spec).expanduser()
     if not path.exists():
         raise ModelSpecError(
             f"model spec {spec!r}: no such file or directory; expected an HF model directory, a .gguf "
-            f"file, an export directory, {DEFAULT_MODEL} or tiny:<{'|'.join(sorted(tiny_names()))}>"
+            f"file, an export directory, {DEFAULT_MODEL}, student:smolvlm or "
+            f"tiny:<{'|'.join(sorted(tiny_names()))}>"
         )
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelSpecError(f"{path}: not a .gguf file or a model directory")
         return ModelRef(spec, "gguf", path, None, gguf=path, mmproj=find_mmproj(path))
+    if (path / MANIFEST).is_file() and (path / "config.json").is_file() and _is_export(path):
+        # an ONNX export carries the model's config.json (transformers.js layout): no weights
+        arch = arch_for_config(_read_config(path), str(path / "config.json"))
+        return ModelRef(spec, "export", path, arch)
     if (path / "config.json").is_file():
         return ModelRef(
             spec, "hf", path, arch_for_config(_read_config(path), str(path / "config.json"))
@@ -146,6 +186,13 @@ def _resolve_path(spec: str) -> ModelRef:
             "(casseat-edge train --merge) or pass the base model"
         )
     raise ModelSpecError(f"{path}: no config.json or {MANIFEST}; not a model directory")
+
+
+def _is_export(path: Path) -> bool:
+    try:
+        return read_manifest(path).get("kind") == "export"
+    except Exception:  # noqa: BLE001 - an unreadable manifest: not an export directory
+        return False
 
 
 def _transformers_version() -> str:

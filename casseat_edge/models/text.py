@@ -35,8 +35,16 @@ def tiny_llama_config(tokenizer: Any, **overrides: Any):
     return LlamaConfig(**values)
 
 
-def save_tiny(out: Path, model: Any, processor: Any, arch: type[ArchSpec], seed: int) -> None:
-    """Save a tiny model + processor as an ordinary HF directory with our manifest."""
+def save_tiny(
+    out: Path,
+    model: Any,
+    processor: Any,
+    arch: type[ArchSpec],
+    seed: int,
+    source: str | None = None,
+) -> None:
+    """Save a tiny model + processor as an ordinary HF directory with our manifest (`source`:
+    the spec it answers to, `tiny:<arch>` by default)."""
     from casseat_edge.artifacts import write_manifest
 
     _fill_zero_embedding_rows(model, seed)
@@ -48,7 +56,7 @@ def save_tiny(out: Path, model: Any, processor: Any, arch: type[ArchSpec], seed:
     write_manifest(
         out,
         "model",
-        {"source": f"tiny:{arch.tiny_name}", "seed": seed},
+        {"source": source or f"tiny:{arch.tiny_name}", "seed": seed},
         params=params,
         architecture=arch.architecture,
     )

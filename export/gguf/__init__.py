@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
-from casseat_edge.errors import ParityError, UnsupportedArchError
+from casseat_edge.errors import ModelSpecError, ParityError, UnsupportedArchError
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
-from export.gguf.mmproj import MMPROJ_SPECS, write_mmproj
+from export.gguf.mmproj import MMPROJ_SPECS, mmproj_spec, write_mmproj
 from export.gguf.quantize import GGUF_TYPES, quantize_gguf
 from export.gguf.text import TEXT_FAMILIES, text_source, write_text_gguf
 
@@ -62,6 +62,8 @@ def export_gguf(config: GgufExportConfig) -> dict[str, Any]:
             f"{config.model}: GGUF export of {architecture or ref.kind!r} is not supported; "
             f"supported: {', '.join(supported)}"
         )
+    if ref.kind == "hf":
+        check_source_files(ref.path, vision=architecture in MMPROJ_SPECS)
     out = prepare_out_dir(config.out, config.overwrite, kind="export")
     loaded = load_model(ref)
     text_path = _write_text(loaded, out, config)
@@ -96,6 +98,27 @@ def export_gguf(config: GgufExportConfig) -> dict[str, Any]:
     return summary
 
 
+def check_source_files(path: Path, vision: bool) -> None:
+    """One clear error, before any work, for an HF directory the export cannot use: LoRA adapter
+    weights that were never merged, or a missing tokenizer / image processor file."""
+    weights = [p.name for p in path.glob("*.safetensors")] + [p.name for p in path.glob("*.bin")]
+    if (path / "adapter_config.json").is_file() and all(w.startswith("adapter_") for w in weights):
+        raise ModelSpecError(
+            f"{path} holds a LoRA adapter (adapter_config.json) without merged weights; merge it "
+            "first (casseat-edge train --merge, or peft's merge_and_unload) and export the merged "
+            "directory"
+        )
+    needed = ["tokenizer.json"]  # the GGUF embeds the fast (byte-level BPE) tokenizer
+    if vision:
+        needed.append("preprocessor_config.json")  # image mean/std, sizes for the mmproj
+    missing = [name for name in needed if not (path / name).is_file()]
+    if missing:
+        raise ModelSpecError(
+            f"{path}: missing {', '.join(missing)}; copy the tokenizer/processor files of the "
+            "base model into it (save_pretrained of its tokenizer and processor)"
+        )
+
+
 def supported_architectures() -> list[str]:
     """Text models with a text family; vision models only when their mmproj is supported too."""
     from casseat_edge.registry import ARCHS
@@ -122,12 +145,19 @@ def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> Path:
 
 
 def _verify(loaded: Any, text: Path, mmproj: Path | None, config: GgufExportConfig) -> list:
-    from export.gguf.verify import verify_text, verify_vision
+    from export.gguf import verify
 
-    rows = verify_text(loaded, text, config.quant, config.positions, config.threads)
-    if mmproj is not None:
-        image_size = loaded.model.config.vision_config.image_size
-        rows += verify_vision(text, mmproj, image_size, config.threads)
+    rows = verify.verify_text(loaded, text, config.quant, config.positions, config.threads)
+    if mmproj is None:
+        return rows
+    spec = mmproj_spec(loaded.model)
+    side, settings = spec.parity_image(loaded.model, loaded.processor)
+    rows += verify.verify_vision(text, mmproj, side, config.threads, settings)
+    rows.append(
+        verify.verify_image_embeddings(loaded, text, mmproj, config.mmproj_quant, config.threads)
+    )
+    if spec.same_prompt_layout:
+        rows.append(verify.verify_image_logits(loaded, text, mmproj, config.quant, config.threads))
     return rows
 
 

@@ -1,10 +1,10 @@
 """The text half of a GGUF export: the decoder and its byte-level BPE tokenizer.
 
-Takes the decoder of a loaded HF model (a plain Llama or Qwen2, or the text tower of an Idefics3
-or Qwen2-VL VLM), renames its tensors to llama.cpp's names with `gguf.TensorNameMap`, permutes the
-q/k projections where llama.cpp's rope pairs dimensions differently (llama), writes Qwen2-VL's
-M-RoPE sections, and writes an f32 or f16 GGUF with the full tokenizer. Other
-types are made from that file by `quantize.py` (llama.cpp's own quantizer).
+Takes the decoder of a loaded HF model (a plain Llama or Qwen2, or the text tower of an
+Idefics3, Qwen2-VL or Qwen2.5-VL VLM), renames its tensors to llama.cpp's names with
+`gguf.TensorNameMap`, permutes the q/k projections where llama.cpp's rope pairs dimensions
+differently (llama), writes Qwen-VL's M-RoPE sections, and writes an f32 or f16 GGUF with the full
+tokenizer. Other types are made from that file by `quantize.py` (llama.cpp's own quantizer).
 
     source = text_source(loaded)           # tensors, hyper-parameters, tokenizer
     write_text_gguf(source, "model-f16.gguf", "f16")
@@ -39,17 +39,17 @@ class TextFamily:
 
 _LLAMA = TextFamily("model.", "LLAMA", permute_qk=True)
 _IDEFICS3 = TextFamily("model.text_model.", "LLAMA", permute_qk=True)
+_QWEN2VL = TextFamily("model.language_model.", "QWEN2VL", permute_qk=False, mrope=True)
 TEXT_FAMILIES = {
     "LlamaForCausalLM": _LLAMA,
     "MistralForCausalLM": _LLAMA,
     "Qwen2ForCausalLM": TextFamily("model.", "QWEN2", permute_qk=False),
     "Idefics3ForConditionalGeneration": _IDEFICS3,
     "SmolVLMForConditionalGeneration": _IDEFICS3,
-    # text tower only so far: export_gguf refuses VLMs without an mmproj entry. llama.cpp's qwen2vl
-    # graph turns an all-zero embedding row (an untrained padding_idx row) into NaN logits.
-    "Qwen2VLForConditionalGeneration": TextFamily(
-        "model.language_model.", "QWEN2VL", permute_qk=False, mrope=True
-    ),
+    # llama.cpp's qwen2vl graph (also Qwen2.5-VL's decoder) turns an all-zero embedding row (an
+    # untrained padding_idx row) into NaN logits; the tiny models have none.
+    "Qwen2VLForConditionalGeneration": _QWEN2VL,
+    "Qwen2_5_VLForConditionalGeneration": _QWEN2VL,
 }
 
 

@@ -8,10 +8,16 @@ Rows, each with `passed`:
   torch logit; bounds per type live on `quantize.GGUF_TYPES`;
 - `generate`: llama.cpp loads the file and generates greedily;
 - `vision` (with an mmproj): libmtmd encodes two different images into the same prompt and the
-  next-token logits differ ("vision survived"), and the image became image tokens.
+  next-token logits differ ("vision survived"), and the image became image tokens;
+- `image_embeddings` (with an mmproj): libmtmd's embeddings of one image (sized so that neither
+  side resizes it) vs PyTorch's vision tower + connector: max |diff| relative to max |torch| and
+  the lowest per-token cosine, bounds per mmproj type in `IMAGE_EMBEDDING_BOUNDS`; the row also
+  records both sides' image token counts (libmtmd lays Idefics3 images out as grid tiles plus an
+  overview even where HF encodes the global image only).
 
     rows = verify_text(loaded, "model-f16.gguf", "f16", positions=200)
-    rows += verify_vision(loaded, "model-f16.gguf", "mmproj-model-f16.gguf")
+    rows += verify_vision("model-f16.gguf", "mmproj-model-f16.gguf", 64)
+    rows.append(verify_image_embeddings(loaded, "model-f16.gguf", "mmproj-f16.gguf", "f16"))
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ TOKENIZER_SAMPLES = (
 )
 VISION_PROMPT = "<|im_start|>user\n{marker}What number is shown?<|im_end|>\n<|im_start|>assistant\n"
 VISION_MIN_DIFF = 1e-3  # smallest max |logit change| between two images that counts as "seen"
+# mmproj type -> (max |diff| / max |torch|, min per-token cosine). libmtmd runs attention with f16
+# K/V and the patch convolution on f16 im2col even for f32 files; measured on the tiny models
+# (rel / min cosine, smolvlm / qwen2vl / qwen2.5vl): f32 3.1e-4..4.2e-4 / 1.0, f16 4.5e-4..5.8e-4 /
+# 1.0, q8_0 8e-3..1.2e-2 / 0.99986; bounds with ~5x margin.
+IMAGE_EMBEDDING_BOUNDS = {"f32": (2e-3, 0.9999), "f16": (3e-3, 0.9999), "q8_0": (5e-2, 0.999)}
 
 
 @contextlib.contextmanager
@@ -155,31 +166,75 @@ def generate_row(llm: Any, tokenizer: Any, n: int = 8) -> dict[str, Any]:
 
 # ---- vision through libmtmd
 def verify_vision(
-    text_gguf: str | Path, mmproj: str | Path, image_size: int, threads: int = 0
+    text_gguf: str | Path,
+    mmproj: str | Path,
+    image_size: int,
+    threads: int = 0,
+    settings: dict[str, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Encode two different images with libmtmd into the same prompt; the logits must differ."""
-    from llama_cpp import mtmd_cpp
-
     noise = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), np.uint8)
     images = [noise, np.full_like(noise, 250)]
     with llama_model(text_gguf, threads=threads) as llm, _quiet():
-        params = mtmd_cpp.mtmd_context_params_default()
-        params.use_gpu = False
-        params.print_timings = False
-        ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
-        if not ctx:
-            return [{"check": "vision", "passed": False, "error": "libmtmd could not load mmproj"}]
         try:
-            results = [mtmd_logits(ctx, llm, _png(image)) for image in images]
-        finally:
-            mtmd_cpp.mtmd_free(ctx)
-    diff = float(np.abs(results[0][0] - results[1][0]).max())
+            with mtmd_context(llm, mmproj, settings or {}) as ctx:
+                results = [mtmd_logits(ctx, llm, _png(image)) for image in images]
+        except RuntimeError as exc:
+            return [{"check": "vision", "passed": False, "error": str(exc)}]
+    diff = float(np.abs(results[0][0][-1] - results[1][0][-1]).max())
     image_tokens = results[0][1]
     return [{
         "check": "vision", "file": Path(mmproj).name, "image_tokens": image_tokens,
         "logit_change": float(f"{diff:.3g}"), "min_change": VISION_MIN_DIFF,
         "passed": image_tokens > 0 and diff > VISION_MIN_DIFF,
     }]  # fmt: skip
+
+
+def verify_image_logits(
+    loaded: Any, text_gguf: str | Path, mmproj: str | Path, quant: str, threads: int = 0
+) -> dict[str, Any]:
+    """Image + prompt end to end: the next-token logits of the text after the image, PyTorch (HF
+    processor) vs llama.cpp + libmtmd (its own preprocessing, M-RoPE positions for Qwen-VL), on
+    an image both sides keep at its size; bounds of the text type (`quantize.GGUF_TYPES`)."""
+    import torch
+    from PIL import Image
+
+    from export.gguf.mmproj import mmproj_spec
+
+    side, settings = mmproj_spec(loaded.model).parity_image(loaded.model, loaded.processor)
+    image = np.random.default_rng(2).integers(0, 256, (side, side, 3), np.uint8)
+    text = VISION_PROMPT.format(marker=loaded.arch.image_text)
+    inputs = loaded.processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")
+    with torch.no_grad():
+        ref = loaded.model(**inputs).logits[0].double().numpy()
+    with (
+        llama_model(text_gguf, threads=threads) as llm,
+        _quiet(),
+        mtmd_context(llm, mmproj, settings) as ctx,
+    ):
+        got, _ = mtmd_logits(ctx, llm, _png(image))
+    tail = len(got)  # the text after the image: its positions depend on the image
+    row = logits_row(ref[-tail:], got, quant, Path(text_gguf).name)
+    return {**row, "check": "image_logits", "mmproj": Path(mmproj).name, "image": f"{side}x{side}"}
+
+
+@contextlib.contextmanager
+def mtmd_context(llm: Any, mmproj: str | Path, settings: dict[str, int]) -> Iterator[Any]:
+    """A libmtmd context for `llm` (CPU, no warmup); `settings`: mtmd_context_params fields such
+    as image_min_tokens / image_max_tokens."""
+    from llama_cpp import mtmd_cpp
+
+    params = mtmd_cpp.mtmd_context_params_default()
+    params.use_gpu, params.print_timings, params.warmup = False, False, False
+    for key, value in settings.items():
+        setattr(params, key, value)
+    ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
+    if not ctx:
+        raise RuntimeError(f"libmtmd could not load {Path(mmproj).name}")
+    try:
+        yield ctx
+    finally:
+        mtmd_cpp.mtmd_free(ctx)
 
 
 def _quiet():
@@ -198,7 +253,8 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def mtmd_logits(ctx: Any, llm: Any, image: bytes) -> tuple[np.ndarray, int]:
-    """Run VISION_PROMPT with one image through libmtmd; (last-position logits, image tokens)."""
+    """Run VISION_PROMPT with one image through libmtmd; (logits of the last text chunk's
+    positions [tokens, vocab], image tokens)."""
     import llama_cpp
     from llama_cpp import mtmd_cpp
 
@@ -215,11 +271,13 @@ def mtmd_logits(ctx: Any, llm: Any, image: bytes) -> tuple[np.ndarray, int]:
             raise RuntimeError("libmtmd could not tokenize the image prompt")
         llm.reset()
         llm._ctx.kv_cache_clear()
+        start = 0
         for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
             chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
             if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
                 count = ctypes.c_size_t()
                 ptr = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
+                start = llm.n_tokens
                 llm.eval([ptr[j] for j in range(count.value)])
                 continue
             image_tokens += mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
@@ -230,8 +288,84 @@ def mtmd_logits(ctx: Any, llm: Any, image: bytes) -> tuple[np.ndarray, int]:
             )  # fmt: skip
             if status != 0:
                 raise RuntimeError(f"libmtmd could not evaluate the image (status {status})")
+            # the next position, which M-RoPE images advance by max(grid h, w), not by tokens
             llm.n_tokens = n_past.value
-        return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64), image_tokens
+        return np.array(llm.scores[start : llm.n_tokens], dtype=np.float64), image_tokens
+    finally:
+        mtmd_cpp.mtmd_input_chunks_free(chunks)
+        mtmd_cpp.mtmd_bitmap_free(bitmap)
+
+
+def verify_image_embeddings(
+    loaded: Any, text_gguf: str | Path, mmproj: str | Path, mmproj_quant: str, threads: int = 0
+) -> dict[str, Any]:
+    """libmtmd's embeddings of one noise image vs PyTorch's, on the same pixels."""
+    from PIL import Image
+
+    from export.gguf.mmproj import mmproj_spec
+
+    spec = mmproj_spec(loaded.model)
+    side, settings = spec.parity_image(loaded.model, loaded.processor)
+    image = np.random.default_rng(1).integers(0, 256, (side, side, 3), np.uint8)
+    ref = spec.reference_embeddings(loaded.model, loaded.processor, Image.fromarray(image))
+    with llama_model(text_gguf, threads=threads) as llm, _quiet():
+        chunks = mtmd_image_embeddings(llm, mmproj, image, settings)
+    got = chunks[-1]
+    rel_bound, cos_bound = IMAGE_EMBEDDING_BOUNDS[mmproj_quant]
+    row: dict[str, Any] = {
+        "check": "image_embeddings", "file": Path(mmproj).name, "type": mmproj_quant,
+        "image": f"{side}x{side}", "mtmd_image_tokens": sum(len(c) for c in chunks),
+        "mtmd_images": len(chunks), "torch_tokens_compared": int(ref.shape[0]),
+        "bounds": {"rel_max_abs": rel_bound, "min_cosine": cos_bound},
+    }  # fmt: skip
+    if got.shape != ref.shape:
+        failure = f"shape {got.shape} != torch {ref.shape}"
+        return {**row, "failures": [failure], "passed": False}
+    rel = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
+    cosine = float(np.min(np.sum(got * ref, -1) / (
+        np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)))  # fmt: skip
+    failures = [f"rel max abs {rel:.2e} > {rel_bound:.0e}"] if not rel <= rel_bound else []
+    if not cosine >= cos_bound:
+        failures.append(f"min cosine {cosine:.5f} < {cos_bound}")
+    return {**row, "max_abs": float(f"{np.abs(got - ref).max():.3g}"),
+            "rel_max_abs": float(f"{rel:.3g}"), "min_cosine": round(cosine, 6),
+            "failures": failures, "passed": not failures}  # fmt: skip
+
+
+def mtmd_image_embeddings(
+    llm: Any, mmproj: str | Path, image: np.ndarray, settings: dict[str, int]
+) -> list[np.ndarray]:
+    """Encode one RGB image with libmtmd; the [tokens, dim] embeddings of each image chunk (tiles
+    and overview, in prompt order)."""
+    with mtmd_context(llm, mmproj, settings) as ctx:
+        return _encode_chunks(ctx, llm, image)
+
+
+def _encode_chunks(ctx: Any, llm: Any, image: np.ndarray) -> list[np.ndarray]:
+    from llama_cpp import mtmd_cpp
+
+    pixels = np.ascontiguousarray(image, dtype=np.uint8)
+    data = pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte))
+    bitmap = mtmd_cpp.mtmd_bitmap_init(pixels.shape[1], pixels.shape[0], data)
+    text = mtmd_cpp.mtmd_default_marker()
+    inp = mtmd_cpp.mtmd_input_text()
+    inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), False, True
+    chunks = mtmd_cpp.mtmd_input_chunks_init()
+    try:
+        bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
+        if mtmd_cpp.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), bitmaps, 1) != 0:
+            raise RuntimeError("libmtmd could not tokenize the image")
+        out = []
+        for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
+            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                continue
+            if mtmd_cpp.mtmd_encode_chunk(ctx, chunk) != 0:
+                raise RuntimeError("libmtmd could not encode the image")
+            n = mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
+            embd = mtmd_cpp.mtmd_get_output_embd(ctx)
+            out.append(np.ctypeslib.as_array(embd, shape=(n * llm.n_embd(),)).reshape(n, -1).copy())
+        return out
     finally:
         mtmd_cpp.mtmd_input_chunks_free(chunks)
         mtmd_cpp.mtmd_bitmap_free(bitmap)

@@ -1,27 +1,27 @@
-"""The llama.cpp backend for text GGUFs (the embedded SmolLM2, or any `.gguf` path).
+"""The llama.cpp backend: any GGUF (the embedded SmolLM2, a `.gguf` path), with its mmproj.
 
-Driven token by token on llama-cpp-python's `Llama` (`eval` + logits), not through its chat
+Driven through our own driver (`casseat_edge.mtmd.LlamaSession`), not llama-cpp-python's chat
 handlers, which clear the cache on every call: stage 2 continues from the KV state stage 1 left,
-so only the stage-2 turn's own tokens are evaluated. The prompt is rendered through the one
-preprocessing path with the GGUF's own chat template; text-only models read the image's caption.
-GGUFs with an mmproj (images through libmtmd) are refused until that driver exists.
+so only the stage-2 turn's own tokens are evaluated. Prompts are rendered through the one
+preprocessing path with the GGUF's own chat template. With an mmproj next to the GGUF (vision
+models), the template's image text becomes libmtmd's marker and the image is encoded once per
+solve; its embedding is kept, so even a re-prefill does not run the vision encoder again, and
+`encode_ms` (vision encoder) is reported apart from prefill. Without one, models read captions.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from casseat_edge.errors import BackendUnavailableError, ModelSpecError
+from casseat_edge.errors import DataError, ModelSpecError
 from casseat_edge.models import ModelRef, resolve_model
 from casseat_edge.models.tokenizer import GgufChatTemplate
-from casseat_edge.registry import BACKENDS
+from casseat_edge.mtmd import EXTRA, LlamaSession
+from casseat_edge.registry import ARCHS, BACKENDS
 from runtime.backends.base import Encoded, Engine
-
-EXTRA = "llama"
 
 
 class TextOnly:
@@ -33,7 +33,7 @@ class TextOnly:
 
 @BACKENDS.register("llama.cpp", "llamacpp", "gguf")
 class LlamaCppEngine(Engine):
-    """llama.cpp (llama-cpp-python) on text GGUFs: stage 2 continues from stage 1's KV state."""
+    """llama.cpp on GGUF (+ mmproj): stage 2 continues from stage 1's KV state."""
 
     name = "llama.cpp"
     extra_name = EXTRA
@@ -48,78 +48,75 @@ class LlamaCppEngine(Engine):
         seed: int = 0,
     ) -> None:
         super().__init__(temperature, seed)
-        llama_cpp = _import_llama_cpp()
         ref = model if isinstance(model, ModelRef) else _resolve(str(model))
         if ref.gguf is None:
             raise ModelSpecError(
                 f"{ref.spec}: the llama.cpp backend needs a .gguf file (or "
                 "embedded:smollm2-135m-instruct); export one with: casseat-edge export --format gguf"
             )
-        if ref.mmproj is not None:
-            raise BackendUnavailableError(
-                f"{ref.gguf}: image GGUFs (mmproj {ref.mmproj.name}) need the libmtmd driver, "
-                "which is not built yet; use --backend torch, or move the mmproj away to use captions"
-            )
-        self.spec, self.ref, self.path = ref.spec, ref, ref.gguf
-        self.arch = ref.arch or TextOnly
-        if self.arch.vision:
+        if ref.mmproj is None and ref.arch is not None and ref.arch.vision:
             raise ModelSpecError(f"{ref.spec}: a vision model needs its mmproj GGUF next to it")
-        self.llm = llama_cpp.Llama(
-            str(self.path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_threads=threads or os.cpu_count(),
-            seed=seed,
-            verbose=False,
-        )
-        self._llama_cpp = llama_cpp
-        self.n_ctx = self.llm.n_ctx()
-        self._n_vocab = self.llm.n_vocab()
-        self._vocab = self.llm._model.vocab
+        self.session = LlamaSession(ref.gguf, ref.mmproj, n_ctx, n_batch, threads, seed)
+        self.spec, self.ref, self.path = ref.spec, ref, ref.gguf
+        self.arch = ref.arch or _arch_of(self.session)
+        self.n_ctx = self.session.n_ctx
+        llm = self.session.llm
         self.processor = GgufChatTemplate(
-            self.path, self._piece(self.llm.token_bos()), self._piece(self.llm.token_eos())
+            self.path, self.session.piece(llm.token_bos()), self.session.piece(llm.token_eos())
         )
-
-    def _piece(self, token: int) -> str:
-        return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
 
     def encode(self, messages: list[dict[str, Any]], image: Any, caption: str | None) -> Encoded:
-        from casseat_edge.preprocess import render_prompt
+        from casseat_edge.preprocess import load_image, render_prompt
 
-        return Encoded(self.tokenize(render_prompt(self.processor, self.arch, messages, caption)))
+        rendered = render_prompt(self.processor, self.arch, messages, caption)
+        if not self.vision:
+            return Encoded(self.session.tokenize(rendered))
+        count = rendered.count(self.arch.image_text)
+        if count and image is None:
+            raise DataError("the conversation has an image part but no image was given")
+        text = rendered.replace(self.arch.image_text, self.session.marker)
+        images = [load_image(image)] * count
+        prompt = self.session.tokenize_prompt(text, images)
+        extra = {"images": prompt.images} if prompt.images else None
+        return Encoded(prompt.ids, extra, prompt.image_end)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return self.session.tokenize(text)
 
     def detokenize(self, ids: list[int]) -> str:
-        return self.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
+        return self.session.detokenize(ids)
 
     def is_stop(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return self.session.is_eog(token)
 
     def truncate(self, n_tokens: int) -> None:
-        # Llama.eval removes every cached position from n_tokens on before evaluating
-        self.llm.n_tokens = min(n_tokens, self.llm.n_tokens)
-        self.llm._ctx.kv_cache_seq_rm(-1, self.llm.n_tokens, -1)
+        self.session.truncate(n_tokens)
 
     def prefill(self, ids: list[int], start: int, extra: dict[str, Any] | None) -> np.ndarray:
-        assert self.llm.n_tokens == start, (self.llm.n_tokens, start)
-        self.llm.eval(ids[start:])
-        return self._logits()
+        # from 0, the prompt's own images (none for text); later, the cache's images stay put
+        images = (extra or {}).get("images", []) if start == 0 else None
+        return self.session.eval(ids, start, images)
 
     def step(self, token: int, position: int) -> np.ndarray:
-        self.llm.eval([token])
-        return self._logits()
+        assert position == len(self.session.ids), (position, len(self.session.ids))
+        return self.session.step(token)
 
-    def _logits(self) -> np.ndarray:
-        pointer = self.llm._ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+    def take_encode_ms(self) -> float | None:
+        return self.session.take_encode_ms() if self.vision else None
 
     def close(self) -> None:
-        self.llm.close()
+        self.session.close()
 
     def model_bytes(self) -> int:
-        return self.path.stat().st_size
+        files = [self.path, *([self.ref.mmproj] if self.ref.mmproj else [])]
+        return sum(p.stat().st_size for p in files)
+
+
+def _arch_of(session: LlamaSession) -> Any:
+    """A bare GGUF's arch: the family its mmproj's projector belongs to, else text-only."""
+    if session.vision and session.architecture in ARCHS:
+        return ARCHS.get(session.architecture)
+    return TextOnly
 
 
 def _resolve(spec: str) -> ModelRef:
@@ -127,19 +124,7 @@ def _resolve(spec: str) -> ModelRef:
     (which takes ~30 s to build the first time)."""
     if spec.startswith("embedded:"):
         from casseat_edge.models import embedded_gguf
-        from casseat_edge.registry import ARCHS
 
         path = embedded_gguf(spec.split(":", 1)[1])
         return ModelRef(spec, "embedded", path, ARCHS.get("LlamaForCausalLM"), gguf=path)
     return resolve_model(spec)
-
-
-def _import_llama_cpp() -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise BackendUnavailableError(
-            "the llama.cpp backend needs llama-cpp-python; install the extra: pip install "
-            f"'casseat-edge[{EXTRA}]' (scripts/setup.sh builds it portably)"
-        ) from None
-    return llama_cpp

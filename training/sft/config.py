@@ -50,6 +50,11 @@ class SFTConfig(StageConfig):
     max_length: int = option(2048, "longest sample in tokens; longer ones are an error")
     skip_long: bool = option(False, "skip (and count) samples longer than --max-length")
     limit: int = option(0, "train on at most this many samples, in file order (0: all)")
+    captions: bool = option(
+        False,
+        "caption-augmented prompts: vision models read the image's caption after the image "
+        "(recorded in the manifest; the runtime then adds it too)",
+    )
     seed: int = option(0, "seed for adapter init, data order and dropout")
     save_steps: int = option(500, "write a checkpoint every this many steps (0: no checkpoints)")
     save_total_limit: int = option(2, "checkpoints kept on disk (oldest deleted)")
@@ -59,6 +64,9 @@ class SFTConfig(StageConfig):
     logging_steps: int = option(1, "log loss and tokens/s every this many steps")
     threads: int = option(0, "CPU threads for torch (0: leave torch's default)")
     gradient_checkpointing: bool = option(False, "trade compute for memory (recompute activations)")
+    bf16: bool = option(
+        False, "bfloat16 autocast (float32 master weights); faster on CPUs with AVX512-BF16/AMX"
+    )
     dataloader_workers: int = option(0, "background processes preparing batches (0: in-process)")
 
     def __post_init__(self) -> None:

@@ -1,7 +1,8 @@
 """Training samples -> token ids and loss masks, through the one preprocessing path.
 
 Each sample (a row of `samples.jsonl` from `casseat-edge synth`) is rendered with the model's own
-chat template by `casseat_edge.preprocess.encode` (text-only models read the image caption). The
+chat template by `casseat_edge.preprocess.encode` (text-only models read the image caption; with
+`captions`, vision models read it too, after the image: `casseat_edge.preprocess.add_caption`). The
 loss covers only the assistant turns to be learned: the reply of a `cot` or `seat` sample, and only
 the final turn (the stage-2 review) of an `eval` sample, whose stage-1 reply may be the wrong
 solution under review. Each turn's span is found exactly: the conversation prefix before the turn
@@ -24,7 +25,13 @@ import torch
 
 from casseat_edge.artifacts import read_jsonl
 from casseat_edge.errors import CasseatError, DataError
-from casseat_edge.preprocess import count_images, encode, load_image, processor_tokenizer
+from casseat_edge.preprocess import (
+    add_caption,
+    count_images,
+    encode,
+    load_image,
+    processor_tokenizer,
+)
 
 IGNORE_INDEX = -100
 SAMPLES_FILE = "samples.jsonl"
@@ -110,8 +117,10 @@ class SFTDataset(torch.utils.data.Dataset):
         arch: Any,
         max_length: int,
         skip_long: bool = False,
+        captions: bool = False,
     ) -> None:
         self.processor, self.arch = processor, arch
+        self.captions = captions and bool(arch.vision)  # text-only models read captions anyway
         self.tokenizer = processor_tokenizer(processor)
         self.samples: list[Sample] = []
         self.labels: list[list[int]] = []
@@ -143,6 +152,8 @@ class SFTDataset(torch.utils.data.Dataset):
         messages = sample.messages if upto is None else sample.messages[:upto]
         image = load_image(sample.image) if sample.image and count_images(messages) else None
         try:
+            if self.captions:
+                messages = add_caption(messages, sample.caption)
             return encode(self.processor, self.arch, messages, image, sample.caption, generation)
         except DataError as exc:
             raise DataError(f"sample {sample.id}: {exc}") from None

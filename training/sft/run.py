@@ -25,7 +25,6 @@ import torch
 from transformers import (
     PrinterCallback,
     ProgressCallback,
-    Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
@@ -37,6 +36,7 @@ from casseat_edge.errors import ConfigError
 from training.sft.collate import SFTCollator
 from training.sft.config import SFTConfig
 from training.sft.data import SFTDataset, load_samples, samples_file
+from training.sft.loss import LabelPositionTrainer
 from training.sft.model import count_quantized, prepare_model
 from training.sft.save import save_outputs
 
@@ -55,11 +55,16 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
     set_seed(config.seed)
     loaded = prepare_model(config)
     dataset = SFTDataset(
-        samples, loaded.processor, loaded.arch, config.max_length, config.skip_long
+        samples,
+        loaded.processor,
+        loaded.arch,
+        config.max_length,
+        config.skip_long,
+        captions=config.captions,
     )
     _start_out(out, identity)
     recorder = LogRecorder(progress)
-    trainer = Trainer(
+    trainer = LabelPositionTrainer(
         model=loaded.model,
         args=training_arguments(config, out),
         train_dataset=dataset,
@@ -75,7 +80,11 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
     if trainer.is_world_process_zero():
         save_outputs(out, config, loaded, trainer.state.log_history, recorder.rates)
         write_manifest(
-            out, "model", config.to_dict(), inputs=identity["inputs"], **_manifest_extra(summary)
+            out,
+            "model",
+            config.to_dict(),
+            inputs=identity["inputs"],
+            **_manifest_extra(summary),
         )
     return summary
 
@@ -104,6 +113,7 @@ def training_arguments(config: SFTConfig, out: Path) -> Any:
         dataloader_num_workers=config.dataloader_workers,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        bf16=config.bf16,
         ddp_backend=_ddp_backend(),
     )
 
@@ -181,6 +191,7 @@ def _summary(config, dataset, trainer, recorder, result, identity) -> dict[str, 
         "out": str(config.out),
         "base": config.model,
         "method": config.method,
+        "captions": dataset.captions,
         "samples": len(dataset),
         "skipped_long": len(dataset.skipped),
         "label_tokens": dataset.n_label_tokens(),
@@ -201,7 +212,8 @@ def _summary(config, dataset, trainer, recorder, result, identity) -> dict[str, 
 
 
 def _manifest_extra(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("base", "method", "samples", "skipped_long", "steps", "world_size")
+    # top-level `captions`: the runtime reads it to caption-augment prompts by default
+    keys = ("base", "method", "captions", "samples", "skipped_long", "steps", "world_size")
     drop = (*keys, "out", "data", "process_index")
     metrics = {k: v for k, v in summary.items() if k not in drop}
     return {**{k: summary[k] for k in keys}, "metrics": metrics}

@@ -1,50 +1,50 @@
-"""llama.cpp teachers: any GGUF through llama-cpp-python (`llama.cpp:PATH.gguf`), and the packaged
-real model (`embedded:smollm2-135m-instruct`).
+"""llama.cpp teachers: any GGUF through our libmtmd driver (`llama.cpp:PATH.gguf`), and the
+packaged real model (`embedded:smollm2-135m-instruct`).
 
-Without an mmproj the teacher reads the problem's caption in place of the image (caption-augmented,
-as MathVista does for text-only LLMs). Stage 2 continues from stage 1's KV cache: the stage-2 prompt
-is the stage-1 conversation plus the reply plus the short review turn, and llama.cpp keeps the
-longest common token prefix of the previous call, so only the new tokens are evaluated. Each
-stage's `new_prefill_tokens` records how many prompt tokens were actually evaluated.
+With an mmproj next to the GGUF (`mmproj-*.gguf`) the teacher sees the image: the GGUF's chat
+template renders the image part, libmtmd encodes the image once per problem. Without one it reads
+the problem's caption in place of the image (caption-augmented, as MathVista does for text-only
+LLMs). Stage 2 continues from stage 1's KV cache: the stage-2 prompt is the stage-1 conversation
+plus the reply plus the short review turn, so the session keeps the longest common prefix (same
+ids, same image) and evaluates only the rest. Each stage records `new_prefill_tokens` (prompt
+tokens actually evaluated), `reused_tokens` and `encoder_runs`. Greedy at temperature 0, else
+plain temperature sampling from a generator seeded with `--seed`.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
-from casseat_edge.errors import BackendUnavailableError, ModelSpecError
+import numpy as np
+
+from casseat_edge.errors import DataError, ModelSpecError
 from casseat_edge.models import embedded_gguf, find_mmproj
 from casseat_edge.models.tokenizer import GgufChatTemplate
-from casseat_edge.preprocess import to_text_only
-from casseat_edge.registry import TEACHERS
+from casseat_edge.mtmd import LlamaSession, Prompt
+from casseat_edge.preprocess import load_image, to_text_only
+from casseat_edge.registry import ARCHS, TEACHERS
 from training.synth.teachers.base import ChatTeacher, Generation, SynthItem
 
 
-def open_llama(path: Path, n_ctx: int, threads: int, seed: int) -> Any:
-    try:
-        import llama_cpp
-    except ImportError:
-        raise BackendUnavailableError(
-            "the llama.cpp teacher needs llama-cpp-python; install the extra: pip install "
-            "'casseat-edge[llama]' (built portably by scripts/setup.sh)"
-        ) from None
-    return llama_cpp.Llama(
-        str(path), n_ctx=n_ctx, n_threads=threads or os.cpu_count(), seed=seed, verbose=False
-    )
+@dataclasses.dataclass
+class LlamaCppGeneration(Generation):
+    """A generation with what the KV cache and the vision encoder saved."""
+
+    reused_tokens: int = 0  # prompt tokens already in the cache (not evaluated again)
+    encoder_runs: int = 0  # vision-encoder runs (one per image tile) for this call
 
 
-def chat_template(path: Path, llm: Any) -> GgufChatTemplate:
+def chat_template(path: Path, session: LlamaSession) -> GgufChatTemplate:
     """The GGUF's own chat template (the same renderer the runtime uses)."""
-    eos = llm.detokenize([llm.token_eos()], special=True).decode()
-    bos = llm.detokenize([llm.token_bos()], special=True).decode()
-    return GgufChatTemplate(path, bos, eos)
+    llm = session.llm
+    return GgufChatTemplate(path, session.piece(llm.token_bos()), session.piece(llm.token_eos()))
 
 
 class LlamaCppTeacher(ChatTeacher):
-    """A GGUF model through llama.cpp, stage 2 continuing from stage 1's KV cache."""
+    """A GGUF model (+ mmproj) through llama.cpp, stage 2 continuing from stage 1's KV cache."""
 
     prefix = "llama.cpp"
     spec_help = "llama.cpp:PATH.gguf (mmproj-*.gguf sibling used when present)"
@@ -53,13 +53,16 @@ class LlamaCppTeacher(ChatTeacher):
     def __init__(self, spec: str, argument: str, config: Any) -> None:
         super().__init__(spec, argument, config)
         self.path = self._gguf_path()
-        if find_mmproj(self.path) is not None:
-            raise BackendUnavailableError(
-                f"{self.path}: image teachers through llama.cpp (mmproj) need the runtime's libmtmd "
-                "driver, which is not built yet; move the mmproj file away to use captions"
-            )
-        self.llm = open_llama(self.path, config.n_ctx, config.threads, config.seed)
-        self.template = chat_template(self.path, self.llm)
+        self.session = LlamaSession(
+            self.path, find_mmproj(self.path), config.n_ctx, threads=config.threads or None,
+            seed=config.seed,
+        )  # fmt: skip
+        self.sees_images = self.session.vision
+        self.image_text = (
+            ARCHS.get(self.session.architecture).image_text if self.sees_images else ""
+        )
+        self.template = chat_template(self.path, self.session)
+        self._rng = np.random.default_rng(config.seed)
 
     def _gguf_path(self) -> Path:
         path = Path(self.argument).expanduser()
@@ -72,45 +75,68 @@ class LlamaCppTeacher(ChatTeacher):
     ) -> list[Generation]:
         return [self._generate_one(c, i) for c, i in zip(conversations, items)]
 
+    def _prompt(self, conversation: list[dict[str, Any]], item: SynthItem) -> Prompt:
+        if not self.sees_images:
+            text = self.template.apply_chat_template(to_text_only(conversation, item.caption))
+            return Prompt(self.session.tokenize(text), [])
+        text = self.template.apply_chat_template(conversation)
+        count = text.count(self.image_text)
+        if count and item.image_path is None:
+            raise DataError(f"{item.pid}: the prompt has an image part but the problem no image")
+        images = [load_image(item.image_path)] * count
+        return self.session.tokenize_prompt(
+            text.replace(self.image_text, self.session.marker), images
+        )
+
     def _generate_one(self, conversation: list[dict[str, Any]], item: SynthItem) -> Generation:
-        prompt = self.template.apply_chat_template(to_text_only(conversation, item.caption))
-        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        if len(tokens) + self.config.max_new_tokens > self.config.n_ctx:
+        prompt = self._prompt(conversation, item)
+        if len(prompt.ids) + self.config.max_new_tokens > self.config.n_ctx:
             raise ModelSpecError(
-                f"{item.pid}: prompt of {len(tokens)} tokens + {self.config.max_new_tokens} new "
-                f"tokens exceeds n_ctx={self.config.n_ctx}; raise --n-ctx"
+                f"{item.pid}: prompt of {len(prompt.ids)} tokens + {self.config.max_new_tokens} "
+                f"new tokens exceeds n_ctx={self.config.n_ctx}; raise --n-ctx"
             )
-        cached = _common_prefix(self.llm, tokens)
         start = time.perf_counter()
-        out = self.llm.create_completion(
-            tokens,
-            max_tokens=self.config.max_new_tokens,
-            temperature=self.config.temperature,
-            seed=self.config.seed,
-            stop=[self.template.eos],
-        )
-        usage = out["usage"]
-        return Generation(
-            text=out["choices"][0]["text"].strip(),
-            prompt_tokens=usage["prompt_tokens"],
-            new_prefill_tokens=len(tokens) - cached,
-            completion_tokens=usage["completion_tokens"],
+        runs_before = self.session.encoder_runs
+        cached = self._reusable(prompt)
+        self.session.truncate(cached)
+        logits = self.session.eval(prompt.ids, cached, prompt.images)
+        tokens: list[int] = []
+        while True:
+            token = self._choose(logits)
+            if self.session.is_eog(token):
+                break
+            tokens.append(token)
+            if len(tokens) >= self.config.max_new_tokens:
+                break
+            logits = self.session.step(token)
+        return LlamaCppGeneration(
+            text=self.session.detokenize(tokens).strip(),
+            prompt_tokens=len(prompt.ids),
+            new_prefill_tokens=len(prompt.ids) - cached,
+            completion_tokens=len(tokens),
             seconds=time.perf_counter() - start,
+            reused_tokens=cached,
+            encoder_runs=self.session.encoder_runs - runs_before,
         )
+
+    def _reusable(self, prompt: Prompt) -> int:
+        """Cached slots to keep: the common prefix, less the last prompt token (its logits are
+        needed), never ending inside an image."""
+        cached = min(self.session.common_prefix(prompt), len(prompt.ids) - 1)
+        for span in prompt.images:
+            if span.start < cached < span.end:
+                return span.start
+        return cached
+
+    def _choose(self, logits: np.ndarray) -> int:
+        if self.config.temperature <= 0:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / self.config.temperature
+        probs = np.exp(scaled - scaled.max())
+        return int(self._rng.choice(len(probs), p=probs / probs.sum()))
 
     def close(self) -> None:
-        self.llm.close()
-
-
-def _common_prefix(llm: Any, tokens: list[int]) -> int:
-    """Tokens of `tokens` already in llama.cpp's cache (what `generate` will not re-evaluate).
-    llama.cpp always re-evaluates at least the last prompt token to get fresh logits."""
-    count = 0
-    for cached, new in zip(llm._input_ids[: llm.n_tokens], tokens):
-        if cached != new:
-            break
-        count += 1
-    return min(count, len(tokens) - 1)
+        self.session.close()
 
 
 class EmbeddedTeacher(LlamaCppTeacher):

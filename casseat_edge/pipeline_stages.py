@@ -1,0 +1,467 @@
+"""The stages of `casseat-edge pipeline` (see `casseat_edge.pipeline` for the order and contract).
+
+Each stage calls the stage package's library entry point (`make_bench`, `synthesize`,
+`train_student`, the exporters, `quantize`, `evaluate`, `write_report`) with a config built from
+the pipeline's; nothing here reaches into a stage's internals. `Context.stamped` is the skip /
+resume rule every new stage shares: a stamp file holds the stage's config and input hashes; the
+same stamp marked done skips the stage, the same stamp not yet done resumes it, and a different
+one starts the stage's directory afresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from casseat_edge.artifacts import read_manifest, sha256_file, sha256_json, write_json_atomic
+from casseat_edge.errors import CasseatError, ParityError
+from casseat_edge.pipeline import STUDENTS, Log, PipelineConfig, Progress
+
+STAMPS = ".stamps"
+MAIN_STUDENT = "cas-seat"
+
+
+@dataclasses.dataclass
+class Artifact:
+    """One deployable form of the main student, evaluated with every policy."""
+
+    backend: str
+    quant: str
+    model: str  # a model spec the backend loads
+    source: Path  # the file or directory whose hash stands for it
+
+
+@dataclasses.dataclass
+class Context:
+    config: PipelineConfig
+    out: Path
+    log: Log
+    progress: Progress
+    parity_failures: list[str] = dataclasses.field(default_factory=list)
+    parity: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    students: dict[str, Path] = dataclasses.field(default_factory=dict)
+    artifacts: list[Artifact] = dataclasses.field(default_factory=list)
+    runs: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+    def stamped(self, key: str, path: Path, stamp: dict[str, Any], work: Callable[[bool], Any]):
+        """Run `work(resume)` for the output directory `path` unless the stamp says it is done."""
+        stamp_file = self.out / STAMPS / f"{key}.json"
+        previous = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
+        if previous and previous["stamp"] == stamp and previous["done"] and path.exists():
+            self.log(f"  {key}: unchanged, skipped")
+            return previous["result"], "skipped"
+        resume = bool(previous and previous["stamp"] == stamp and path.exists())
+        if not resume and path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        write_json_atomic(stamp_file, {"stamp": stamp, "done": False})
+        result = work(resume)
+        write_json_atomic(stamp_file, {"stamp": stamp, "done": True, "result": result})
+        return result, "resumed" if resume else "done"
+
+    def headline(self) -> dict[str, Any]:
+        """Held-out accuracy of the main student per policy on the reference (torch fp32) run."""
+        accuracy = {}
+        for policy in self.config.policies:
+            run = self.runs.get(_run_name(MAIN_STUDENT, "torch", "fp32", policy))
+            if run and (run / "summary.json").is_file():
+                accuracy[policy] = json.loads((run / "summary.json").read_text())["accuracy"]
+        headline: dict[str, Any] = {"reference": "torch/fp32", "accuracy": accuracy}
+        if "cot" in accuracy and "cas-seat" in accuracy:
+            headline["cas_seat_minus_cot_points"] = round(
+                100 * (accuracy["cas-seat"] - accuracy["cot"]), 1
+            )
+        return headline
+
+
+# ------------------------------------------------------------------ bench, model, synth
+def bench_stage(ctx: Context) -> dict[str, Any]:
+    from casseat_edge.bench import BenchConfig, make_bench
+
+    config = ctx.config
+    bench = BenchConfig(
+        out=str(ctx.out / "bench"), n=config.bench_size, seed=config.seed, overwrite=True
+    )
+    if _manifest_matches(Path(bench.out), bench.to_dict()):
+        ctx.log("  bench: unchanged, skipped")
+        return {"status": "skipped", "path": bench.out}
+    summary = make_bench(bench)
+    return {
+        "status": "done",
+        "path": bench.out,
+        "n": summary["n"],
+        "splits": summary["counts"]["split"],
+    }
+
+
+def model_stage(ctx: Context) -> dict[str, Any]:
+    """The packaged SmolLM2's tokenizer is the student's and the real teacher's: check it."""
+    from casseat_edge.models import embedded_gguf, embedded_tokenizer_dir, resolve_model
+
+    spec = ctx.config.real_teacher
+    if spec.startswith("embedded:"):  # the tokenizer alone: no need to build the HF model
+        name = spec.split(":", 1)[1]
+        tokenizer, gguf = embedded_tokenizer_dir(name), embedded_gguf(name)
+    else:
+        ref = resolve_model(spec)
+        tokenizer, gguf = ref.path, ref.gguf
+    result: dict[str, Any] = {"status": "done", "spec": spec, "gguf": str(gguf)}
+    if gguf is not None:
+        result["tokenizer_parity"] = check_tokenizer_parity(tokenizer, gguf, _problems(ctx))
+        ctx.log(f"  tokenizer ids equal llama.cpp's on {result['tokenizer_parity']['texts']} texts")
+    return result
+
+
+def synth_stage(ctx: Context) -> dict[str, Any]:
+    from training.synth import SynthConfig, synthesize
+    from training.synth.run import run_settings
+
+    config = ctx.config
+    common = {"problems": str(ctx.out / "bench"), "seed": config.seed, "resume": True}
+    runs = {name: SynthConfig(teacher="procedural", out=str(_synth_dir(ctx, name)), **common)
+            for name in _students(config)}  # fmt: skip
+    runs["cot"] = dataclasses.replace(runs["cot"], eval_fraction=0.0) if "cot" in runs else None
+    runs["seat"] = dataclasses.replace(runs["seat"], mode="seat") if "seat" in runs else None
+    runs["real"] = SynthConfig(
+        teacher=config.real_teacher,
+        out=str(ctx.out / "synth-real"),
+        limit=min(config.real_teacher_problems, 3) if config.fast else config.real_teacher_problems,
+        max_new_tokens=192,
+        threads=config.threads,
+        **common,
+    )
+    result: dict[str, Any] = {"status": "done"}
+    for name, synth in runs.items():
+        if synth is None:
+            continue
+        settings = run_settings(synth)
+        inputs = {"problems": settings["problems_sha256"]}
+        if _manifest_matches(Path(synth.out), synth.to_dict(), inputs):
+            ctx.log(f"  synth {name}: unchanged, skipped")
+            result[name] = {"status": "skipped", "path": synth.out}
+            continue
+        _drop_stale_run(Path(synth.out), settings)
+        stats = synthesize(synth)
+        result[name] = {key: stats[key] for key in ("teacher", "problems", "samples", "keep_rate")}
+        result[name]["tokens_per_s"] = stats["throughput"]["tokens_per_s"]
+        ctx.log(f"  synth {name}: keep rate {stats['keep_rate']}")
+    return result
+
+
+# ------------------------------------------------------------------ train
+def train_stage(ctx: Context) -> dict[str, Any]:
+    from training.sft.student import StudentConfig, train_student
+
+    config = ctx.config
+    result: dict[str, Any] = {}
+    for name in _students(config):
+        path = ctx.out / ("student" if name == MAIN_STUDENT else f"student-{STUDENTS[name]}")
+        data = [_synth_dir(ctx, name)] + ([ctx.out / "synth-real"] if name == MAIN_STUDENT else [])
+        student = StudentConfig(
+            data=tuple(str(d) for d in data),
+            bench=str(ctx.out / "bench"),
+            out=str(path),
+            preset=config.student,
+            seed=config.seed,
+            **config.student_budget,
+            overwrite=True,
+        )
+        inputs = {str(d): sha256_file(d / "samples.jsonl") for d in data}
+        inputs["problems"] = sha256_file(_problems(ctx))
+
+        def work(resume: bool, student: Any = student, name: str = name) -> dict[str, Any]:
+            summary = train_student(
+                student,
+                progress=lambda done, total, name=name: ctx.progress(f"train {name}", done, total),
+            )
+            mix = summary["mix"]
+            return {
+                "steps": mix["steps"],
+                "final_loss": mix["final_loss"],
+                "seconds": summary["seconds"],
+                "caption_accuracy": (summary.get("warmup") or {}).get("caption_accuracy"),
+            }
+
+        stats, status = ctx.stamped(
+            f"train-{name}", path, {"config": student.to_dict(), "inputs": inputs}, work
+        )
+        ctx.students[name] = path
+        result[name] = {"status": status, "path": str(path), **stats}
+    return result
+
+
+# ------------------------------------------------------------------ export
+def export_stage(ctx: Context) -> dict[str, Any]:
+    from casseat_edge.registry import EXPORTERS
+    from quantize import QuantizeConfig, quantize
+
+    config, student = ctx.config, ctx.students[MAIN_STUDENT]
+    weights = {"student": _weights_hash(student)}
+    ctx.artifacts.append(Artifact("torch", "fp32", str(student), student))
+    result: dict[str, Any] = {}
+    gguf = EXPORTERS.get("gguf")
+    for quant in config.gguf_quants:
+        path = ctx.out / "export" / f"gguf-{quant}"
+        cfg = gguf.config_class(model=str(student), out=str(path), quant=quant, overwrite=True)
+        summary = _export(ctx, f"gguf-{quant}", path, cfg, weights, lambda c: gguf.export(c))
+        text = next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
+        ctx.artifacts.append(Artifact("llama.cpp", quant, str(path / text), path))
+        result[f"gguf-{quant}"] = _export_rows(f"gguf-{quant}", summary)
+    if config.onnx_quants:  # one directory holds every variant; the backend picks one
+        onnx, path = EXPORTERS.get("onnx"), ctx.out / "export" / "onnx"
+        cfg = onnx.config_class(
+            model=str(student), out=str(path), quant=config.onnx_quants, overwrite=True
+        )
+        summary = _export(ctx, "onnx", path, cfg, weights, lambda c: onnx.export(c))
+        for quant in config.onnx_quants:
+            ctx.artifacts.append(Artifact("onnxruntime", quant, str(path), path))
+        result["onnx"] = _export_rows("onnx", summary)
+    for method in config.bnb_methods:
+        path = ctx.out / "export" / method
+        cfg = QuantizeConfig(model=str(student), method=method, out=str(path), overwrite=True)
+        summary = _export(ctx, method, path, cfg, weights, quantize)
+        ctx.artifacts.append(Artifact("torch", method, str(path), path))
+        result[method] = _export_rows(method, summary)
+    return result
+
+
+def _export(
+    ctx: Context, key: str, path: Path, cfg: Any, weights: dict[str, str], run: Callable
+) -> dict[str, Any]:
+    """Run one exporter; a verification failure is recorded (the artifact is still evaluated)."""
+
+    def work(resume: bool) -> dict[str, Any]:
+        try:
+            return run(cfg)
+        except ParityError as exc:
+            return {**read_manifest(path), "out": str(path), "parity_error": str(exc)}
+
+    summary, status = ctx.stamped(
+        f"export-{key}", path, {"config": cfg.to_dict(), "inputs": weights}, work
+    )
+    if summary.get("parity_error"):
+        ctx.parity_failures.append(f"{key}: {summary['parity_error']}")
+    ctx.parity += _export_rows(key, summary)
+    ctx.log(f"  {key}: {status}{' (verification FAILED)' if summary.get('parity_error') else ''}")
+    return summary
+
+
+def _export_rows(key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per deployable variant: size, bits/weight, logit parity, verified or not."""
+    checks = summary.get("parity") or []
+    if isinstance(checks, dict):  # bitsandbytes: one next-token parity record
+        checks = [{"check": "logits", **checks}]
+    if summary.get("variants"):  # ONNX: several variants in one directory
+        parts = [(f"{key}-{v['quant']}", v["quant"], v["size_mb"], v["bits_per_weight"])
+                 for v in summary["variants"]]  # fmt: skip
+    elif summary.get("format") == "gguf":
+        text = next(f for f in summary["files"] if f.get("role") == "text")
+        size = sum(f["size_mb"] for f in summary["files"])
+        parts = [(key, text["type"], size, text["bits_per_weight"])]
+    else:
+        parts = [(key, None, summary.get("size_mb"), summary.get("bits_per_weight"))]
+    rows = []
+    for name, quant, size, bits in parts:
+        own = [c for c in checks if c.get("type") in (None, quant)]
+        logits = next((c for c in own if c.get("check") == "logits"), {})
+        rows.append(
+            {
+                "artifact": name,
+                "mb": round(size, 2) if size is not None else None,
+                "bits_per_weight": bits,
+                "top1": logits.get("top1"),
+                "kl": logits.get("kl"),
+                "verified": bool(own) and all(c.get("passed") for c in own),
+                "checks": [c.get("check") for c in own],
+                "failed": [c.get("check") for c in own if not c.get("passed")],
+            }
+        )
+    return rows
+
+
+# ------------------------------------------------------------------ eval, report
+def eval_stage(ctx: Context) -> dict[str, Any]:
+    from runtime.evaluate import EvalConfig, evaluate
+
+    config = ctx.config
+    result: dict[str, Any] = {}
+    for name, art, policy in _evaluations(ctx):
+        run = _run_name(name, art.backend, art.quant, policy)
+        path = ctx.out / "eval" / run
+        eval_config = EvalConfig(
+            model=art.model,
+            bench=str(ctx.out / "bench"),
+            out=str(path),
+            backend=art.backend,
+            policy=policy,
+            limit=config.held_out_limit,
+            max_new_tokens=config.generation_budget,
+            quant=art.quant,
+            name=f"{STUDENTS[name]} student",
+            threads=config.threads,
+        )
+        inputs = {"model": _artifact_hash(art.source), "problems": sha256_file(_problems(ctx))}
+
+        def work(resume: bool, cfg: Any = eval_config, run: str = run) -> dict[str, Any]:
+            summary = evaluate(
+                dataclasses.replace(cfg, resume=resume),
+                progress=lambda done, total: ctx.progress(f"eval {run}", done, total),
+            )
+            return {k: summary.get(k) for k in ("accuracy", "correct", "n")}
+
+        stats, status = ctx.stamped(
+            f"eval-{run}", path, {"config": eval_config.to_dict(), "inputs": inputs}, work
+        )
+        ctx.runs[run] = path
+        result[run] = {"status": status, **stats}
+        ctx.log(f"  {run}: accuracy {stats['accuracy']:.3f} ({stats['correct']}/{stats['n']})")
+    return result
+
+
+def report_stage(ctx: Context) -> dict[str, Any]:
+    from runtime.report import write_report
+
+    runs = sorted(ctx.runs.values())
+    inputs = {str(p): sha256_file(p / "summary.json") for p in runs}
+    sections = {"Exports (verified against the trained student)": _parity_table(ctx.parity)}
+    if ctx.config.ablation:
+        sections["Ablation: students with the same budget (torch fp32, held-out)"] = (
+            _ablation_table(ctx)
+        )
+
+    def work(resume: bool) -> dict[str, Any]:
+        document = write_report(runs, ctx.out / "report", sections=sections)
+        return {"pareto_front": document["pareto_front"], "path": str(ctx.out / "report")}
+
+    stats, status = ctx.stamped(
+        "report", ctx.out / "report", {"inputs": inputs, "sections": sections}, work
+    )
+    return {"status": status, **stats}
+
+
+def _ablation_table(ctx: Context) -> str:
+    policies = ("cot", "cas-seat", "seat")
+    lines = ["| student | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]
+    for name in ctx.students:
+        cells = []
+        for policy in policies:
+            path = ctx.runs.get(_run_name(name, "torch", "fp32", policy))
+            summary = json.loads((path / "summary.json").read_text()) if path else None
+            cells.append(f"{summary['accuracy']:.3f}" if summary else "")
+        lines.append(f"| {STUDENTS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _parity_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| artifact | MB | bits/weight | top-1 | KL | verified | checks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = "yes" if r["verified"] else "FAILED: " + ", ".join(r["failed"] or ["no checks"])
+        lines.append(
+            f"| {r['artifact']} | {r['mb']} | {r['bits_per_weight']} | {r['top1']} | {r['kl']} | "
+            f"{verdict} | {', '.join(r['checks'])} |"
+        )
+    return "\n".join(lines)
+
+
+STAGE_FUNCTIONS = {
+    "bench": bench_stage,
+    "model": model_stage,
+    "synth": synth_stage,
+    "train": train_stage,
+    "export": export_stage,
+    "eval": eval_stage,
+    "report": report_stage,
+}
+
+
+# ------------------------------------------------------------------ helpers
+def _evaluations(ctx: Context) -> list[tuple[str, Artifact, str]]:
+    """The main student's every artifact x policy; with --ablation, each student on torch fp32
+    with cot, cas-seat and seat."""
+    plan = [(MAIN_STUDENT, art, p) for art in ctx.artifacts for p in ctx.config.policies]
+    if ctx.config.ablation:
+        for name, path in ctx.students.items():
+            art = Artifact("torch", "fp32", str(path), path)
+            plan += [(name, art, p) for p in ("cot", "cas-seat", "seat")
+                     if (name, "torch", "fp32", p) not in {(n, a.backend, a.quant, q)
+                                                           for n, a, q in plan}]  # fmt: skip
+    return plan
+
+
+def _run_name(student: str, backend: str, quant: str, policy: str) -> str:
+    prefix = "" if student == MAIN_STUDENT else f"{STUDENTS[student]}-student-"
+    return f"{prefix}{backend}-{quant}-{policy}"
+
+
+def _students(config: PipelineConfig) -> list[str]:
+    return list(STUDENTS) if config.ablation else [MAIN_STUDENT]
+
+
+def _synth_dir(ctx: Context, student: str) -> Path:
+    return ctx.out / ("synth" if student == MAIN_STUDENT else f"synth-{STUDENTS[student]}")
+
+
+def _problems(ctx: Context) -> Path:
+    return ctx.out / "bench" / "problems.jsonl"
+
+
+def _weights_hash(model_dir: Path) -> str:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise CasseatError(f"{model_dir}: no *.safetensors weights; re-run the train stage")
+    return sha256_json({f.name: sha256_file(f) for f in files})
+
+
+def _artifact_hash(source: Path) -> str:
+    if source.is_file():
+        return sha256_file(source)
+    return sha256_json({str(f.relative_to(source)): sha256_file(f)
+                        for f in sorted(source.rglob("*")) if f.is_file()})  # fmt: skip
+
+
+def check_tokenizer_parity(tokenizer_dir: Path, gguf: Path, problems_path: Path) -> dict[str, Any]:
+    """Our HF tokenizer vs llama.cpp's on every question and caption; any difference is a ParityError."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise CasseatError(
+            "the tokenizer check needs llama-cpp-python; run scripts/setup.sh (extra: llama)"
+        ) from None
+    from transformers import AutoTokenizer
+
+    from casseat_edge.artifacts import read_jsonl
+
+    ours = AutoTokenizer.from_pretrained(tokenizer_dir)
+    reference = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
+    texts = [t for _, row in read_jsonl(problems_path) for t in _texts(row)]
+    for text in texts:
+        expected = reference.tokenize(text.encode(), add_bos=False, special=True)
+        if ours(text, add_special_tokens=False).input_ids != expected:
+            raise ParityError(f"{tokenizer_dir}: ids differ from llama.cpp's on {text[:60]!r}")
+    return {"texts": len(texts), "mismatches": 0}
+
+
+def _texts(row: dict[str, Any]) -> list[str]:
+    return [row["question"], row["metadata"].get("caption", ""), *(row.get("choices") or [])]
+
+
+def _drop_stale_run(path: Path, settings: dict[str, Any]) -> None:
+    """An interrupted synthesis over other inputs cannot be resumed: start it afresh."""
+    run_file = path / "run.json"
+    if run_file.is_file() and json.loads(run_file.read_text()) != settings:
+        shutil.rmtree(path)
+
+
+def _manifest_matches(path: Path, config: dict[str, Any], inputs: dict[str, str] | None = None):
+    """True when the stage's own manifest records this config (and these input hashes)."""
+    try:
+        manifest = read_manifest(path)
+    except CasseatError:
+        return False
+    return manifest["config"] == config and (inputs is None or manifest["inputs"] == inputs)

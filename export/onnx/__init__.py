@@ -1,0 +1,183 @@
+"""ONNX export in the split layout onnx-community / transformers.js use, verified in onnxruntime.
+
+Writes, into an export directory: `onnx/vision_encoder.onnx` (VLMs), `onnx/embed_tokens.onnx`,
+`onnx/decoder_model_merged.onnx` (layout: `casseat_edge.onnx_split`), the quantized variants asked
+for (decoder `_int8` / `_q4`: onnxruntime's MatMulNBits 8 / 4 bits; vision encoder and embeddings
+`_int8`: its dynamic int8, shared by both),
+the model's `config.json`, generation config and processor files, and `casseat.json` (kind
+"export", format "onnx", the files of each variant with sizes and bits per weight, the parity
+table, the source hashes). Verification against PyTorch is on by default; a failing row raises
+`ParityError` (exit 3) after the artifact is written. The onnxruntime backend serves the directory.
+
+    from casseat_edge.config import load_config
+    from export.onnx import OnnxExportConfig, export_onnx
+    summary = export_onnx(load_config(OnnxExportConfig, overrides={"model": "tiny:smolvlm",
+                                                                   "quant": ("fp32", "int4")}))
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
+from casseat_edge.errors import ParityError
+from casseat_edge.models import load_model, resolve_model
+from casseat_edge.onnx_split import DECODER, EMBED, VISION, part_file
+from casseat_edge.registry import EXPORTERS
+from export.onnx.config import ONNX_QUANTS, OnnxExportConfig
+from export.onnx.graphs import FAMILIES, export_decoder, export_embed, export_vision, family_for
+from export.onnx.quantize import (
+    ONNX_TYPES,
+    float_params,
+    onnx_file_info,
+    quantize_int8,
+    quantize_nbits,
+)
+
+__all__ = ["OnnxExportConfig", "OnnxExporter", "export_onnx"]
+
+
+@EXPORTERS.register("onnx")
+class OnnxExporter:
+    """Split ONNX (vision_encoder / embed_tokens / decoder_model_merged), fp32/int8/int4, verified."""
+
+    config_class = OnnxExportConfig
+    quant_types = ONNX_QUANTS
+    tolerances = ONNX_TYPES
+
+    @staticmethod
+    def describe() -> dict[str, Any]:
+        return {"architectures": sorted(FAMILIES), "quant": list(ONNX_QUANTS)}
+
+    @staticmethod
+    def export(config: OnnxExportConfig) -> dict[str, Any]:
+        return export_onnx(config)
+
+
+def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
+    """Trace, quantize, verify (unless `verify=False`) and write the manifest; the summary."""
+    start = time.perf_counter()
+    ref = resolve_model(config.model)
+    family = family_for(ref.arch.architecture if ref.arch else None)
+    out = prepare_out_dir(config.out, config.overwrite, kind="export")
+    loaded = load_model(ref)
+    info = _write_fp32(loaded, family, out, config.opset)
+    params = {part: float_params(out / part_file(part, "fp32")) for part in _parts(family)}
+    variants = {q: {p: part_file(p, q) for p in _parts(family)} for q in config.quant}
+    _quantize(out, variants, config.block_size)
+    if "fp32" not in config.quant:  # the fp32 graphs were only the quantizers' input
+        for part in params:
+            (out / part_file(part, "fp32")).unlink()
+    _save_model_files(loaded, out)
+    onnx_info = {**info, **_token_info(loaded.model.config), "variants": variants}
+    files = _file_rows(out, variants, params)
+    summary = {
+        "out": str(out), "model": config.model, "architecture": family.architecture,
+        "format": "onnx", "files": files, "variants": _variant_rows(variants, files),
+        "parity": [], "verified": config.verify, "passed": None,
+    }  # fmt: skip
+    _manifest(out, config, ref.path, summary, onnx_info)  # the verifier reads it
+    if config.verify:
+        summary["parity"] = _verify(loaded, out, config)
+        summary["passed"] = all(row["passed"] for row in summary["parity"])
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    _manifest(out, config, ref.path, summary, onnx_info)
+    failing = [row for row in summary["parity"] if not row["passed"]]
+    if failing:
+        raise ParityError(
+            f"{out}: ONNX written but verification failed: "
+            + "; ".join(f"{r['check']} ({r.get('type')}): {r.get('failures')}" for r in failing)
+        )
+    return summary
+
+
+def _parts(family: Any) -> list[str]:
+    return ([VISION] if family.vision else []) + [EMBED, DECODER]
+
+
+def _write_fp32(loaded: Any, family: Any, out: Path, opset: int) -> dict[str, Any]:
+    model = loaded.model
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # one plain attention graph (see graphs.py)
+    try:
+        info = export_decoder(model, family, out / part_file(DECODER, "fp32"), opset)
+        export_embed(model, out / part_file(EMBED, "fp32"), opset)
+        if family.vision:
+            export_vision(model, family, out / part_file(VISION, "fp32"), opset)
+    finally:
+        model.set_attn_implementation(attention)
+    return {"architecture": family.architecture, "opset": opset, **info}
+
+
+def _quantize(out: Path, variants: dict[str, dict[str, str]], block_size: int) -> None:
+    done: set[str] = set()
+    for quant, parts in variants.items():
+        for part, name in parts.items():
+            if quant == "fp32" or name in done:
+                continue
+            src, dst = out / part_file(part, "fp32"), out / name
+            if part == DECODER:
+                quantize_nbits(src, dst, 8 if quant == "int8" else 4, block_size)
+            else:
+                quantize_int8(src, dst, ("Gather",) if part == EMBED else ("MatMul",))
+            done.add(name)
+
+
+def _token_info(config: Any) -> dict[str, Any]:
+    vision = getattr(config, "vision_config", None)
+    keys = ("image_token_id", "vision_start_token_id")
+    info = {k: getattr(config, k) for k in keys if getattr(config, k, None) is not None}
+    if vision is not None and getattr(vision, "spatial_merge_size", None):
+        info["spatial_merge_size"] = vision.spatial_merge_size
+    return info
+
+
+def _save_model_files(loaded: Any, out: Path) -> None:
+    """config.json, generation_config.json and the processor/tokenizer, as transformers.js reads."""
+    loaded.model.config.save_pretrained(out)
+    loaded.model.generation_config.save_pretrained(out)
+    loaded.processor.save_pretrained(out)
+
+
+def _file_rows(out: Path, variants: dict, params: dict[str, int]) -> list[dict[str, Any]]:
+    rows: dict[str, dict[str, Any]] = {}
+    for quant, parts in variants.items():
+        for part, name in parts.items():
+            kind = quant if part == DECODER or quant == "fp32" else "int8"
+            rows.setdefault(name, onnx_file_info(out, name, part, kind, params[part]))
+    return list(rows.values())
+
+
+def _variant_rows(variants: dict, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant: the files it loads, their total size and bits per weight."""
+    by_name = {f["file"]: f for f in files}
+    rows = []
+    for quant, parts in variants.items():
+        picked = [by_name[name] for name in parts.values()]
+        size = sum(f["size_mb"] for f in picked)
+        params = sum(f["params"] for f in picked)
+        rows.append({"quant": quant, "files": list(parts.values()), "size_mb": round(size, 3),
+                     "bits_per_weight": round(8e6 * size / max(params, 1), 3)})  # fmt: skip
+    return rows
+
+
+def _verify(loaded: Any, out: Path, config: OnnxExportConfig) -> list[dict[str, Any]]:
+    from export.onnx.verify import verify_variant
+
+    rows = []
+    for quant in config.quant:
+        rows += verify_variant(loaded, out, quant, config.positions, config.threads)
+    return rows
+
+
+def _manifest(out: Path, config: Any, source: Path, summary: dict, onnx_info: dict) -> None:
+    fields = {k: v for k, v in summary.items() if k != "out"}
+    write_manifest(out, "export", config.to_dict(), _source_hashes(source), onnx=onnx_info,
+                   **fields)  # fmt: skip
+
+
+def _source_hashes(path: Path) -> dict[str, str]:
+    names = ["config.json", *sorted(p.name for p in path.glob("*.safetensors"))]
+    return {name: sha256_file(path / name) for name in names if (path / name).is_file()}

@@ -1,0 +1,91 @@
+"""The main job end to end (`casseat-edge pipeline --fast`, the CI-sized run) and its skip / resume
+rule. The end-to-end run happens once per module; the other tests read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casseat_edge.pipeline import PipelineConfig
+from casseat_edge.pipeline_stages import Context
+
+
+def cli(*args: str, code: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "casseat_edge.cli", *args], capture_output=True, text=True
+    )
+    assert result.returncode == code, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    return out, json.loads(cli("pipeline", "--fast", "--out", str(out), "--json").stdout)
+
+
+def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
+    out, summary = fast_run
+    assert list(summary["stages"]) == [
+        "bench",
+        "model",
+        "synth",
+        "train",
+        "export",
+        "eval",
+        "report",
+    ]
+    assert summary["stages"]["model"]["tokenizer_parity"]["mismatches"] == 0
+    assert summary["stages"]["synth"]["cas-seat"]["samples"]["train"]["eval"] > 0
+    assert summary["stages"]["synth"]["real"]["problems"] == 3
+    report = out / "report"
+    for name in ("report.html", "tradeoff.png", "report.md", "report.json"):
+        assert (report / name).stat().st_size > 0, name
+    document = json.loads((report / "report.json").read_text())
+    labels = {run["label"] for run in document["runs"]}
+    config = PipelineConfig(fast=True)
+    backends = {"torch", "llama.cpp", "onnxruntime"}
+    assert {label.split("/")[0] for label in labels} == backends
+    assert {label.split("/")[-1] for label in labels} == set(config.policies)
+    assert len(labels) == 2 * (1 + len(config.gguf_quants) + len(config.onnx_quants) + 1)
+    for run in document["runs"]:
+        assert run["n"] == config.held_out_limit and 0.0 <= run["accuracy"] <= 1.0
+    assert set(summary["headline"]["accuracy"]) == {"cot", "cas-seat"}
+    assert "Exports" in (report / "report.md").read_text()
+
+
+def test_rerun_skips_every_unchanged_stage(fast_run):
+    out, _ = fast_run
+    again = json.loads(cli("pipeline", "--fast", "--out", str(out), "--json").stdout)
+    assert again["stages"]["bench"]["status"] == "skipped"
+    assert again["stages"]["synth"]["cas-seat"]["status"] == "skipped"
+    assert again["stages"]["train"]["cas-seat"]["status"] == "skipped"
+    assert {row["status"] for row in again["stages"]["eval"].values()} == {"skipped"}
+    assert again["stages"]["report"]["status"] == "skipped"
+    assert again["seconds"] < 60
+
+
+def test_a_stage_stopped_midway_resumes_and_a_changed_one_restarts(tmp_path):
+    ctx = Context(PipelineConfig(out=str(tmp_path)), tmp_path, lambda _: None, lambda *_: None)
+    target = tmp_path / "work"
+    calls = []
+
+    def work(resume: bool) -> dict:
+        calls.append(resume)
+        target.mkdir(exist_ok=True)
+        (target / "part").write_text("x")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # Ctrl-C midway: the stamp stays "not done"
+        return {"ok": True}
+
+    with pytest.raises(KeyboardInterrupt):
+        ctx.stamped("demo", target, {"config": 1}, work)
+    assert ctx.stamped("demo", target, {"config": 1}, work) == ({"ok": True}, "resumed")
+    assert ctx.stamped("demo", target, {"config": 1}, work) == ({"ok": True}, "skipped")
+    assert calls == [False, True]
+    assert ctx.stamped("demo", target, {"config": 2}, work) == ({"ok": True}, "done")
+    assert calls == [False, True, False]

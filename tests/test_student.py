@@ -1,0 +1,135 @@
+"""The demo student: the `student:` preset, its two-phase training (reading warm-up, then the
+caption-augmented Cas-SEAT mix), and the caption transform giving the same tensors in SFT
+collation and in the runtime's encode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from casseat_edge.errors import ConfigError, ModelSpecError
+from casseat_edge.models import load_model, resolve_model
+from casseat_edge.models.idefics3 import STUDENT_PRESETS
+from casseat_edge.preprocess import CAPTION_PREFIX
+from casseat_edge.prompts import assistant, stage1_messages
+from runtime import Cascade
+from runtime.backends.torch_backend import TorchEngine
+from training.sft.data import Sample, SFTDataset, load_samples
+from training.sft.student import StudentConfig, train_student, write_warmup_samples
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small benchmark and its procedural Cas-SEAT samples."""
+    from casseat_edge.bench import BenchConfig, make_bench
+    from training.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("student-data")
+    make_bench(BenchConfig(out=str(root / "bench"), n=27, seed=5))
+    synthesize(SynthConfig(problems=str(root / "bench"), teacher="procedural", out=str(root / "s")))
+    return root
+
+
+def test_preset_builds_an_untrained_idefics3_student():
+    ref = resolve_model("student:smolvlm")
+    assert ref.kind == "student" and ref.arch.architecture == "Idefics3ForConditionalGeneration"
+    loaded = load_model(ref)
+    size = STUDENT_PRESETS["smolvlm"]
+    text = loaded.model.config.text_config
+    assert (text.hidden_size, text.num_hidden_layers) == (size.hidden, size.layers)
+    assert loaded.processor.image_seq_len == size.image_tokens
+    manifest = json.loads((ref.path / "casseat.json").read_text())
+    assert manifest["config"]["source"] == "student:smolvlm"
+    other = resolve_model("student:smolvlm@3").path / "model.safetensors"
+    assert other.read_bytes() != (ref.path / "model.safetensors").read_bytes()
+    with pytest.raises(ModelSpecError, match="student presets: student:smolvlm"):
+        resolve_model("student:huge")
+
+
+def test_config_errors_name_the_flag():
+    with pytest.raises(ConfigError, match="--data"):
+        StudentConfig(data=())
+    with pytest.raises(ConfigError, match="--bench"):
+        StudentConfig(data=("s",), warmup_steps=5)
+
+
+def test_warmup_samples_are_image_to_caption_on_the_train_split(data: Path, tmp_path: Path):
+    out = write_warmup_samples(data / "bench", tmp_path / "warm", seed=0)
+    samples = load_samples(out)
+    problems = [json.loads(line) for line in (data / "bench" / "problems.jsonl").open()]
+    train = {p["pid"]: p for p in problems if p["metadata"]["split"] == "train"}
+    assert sorted(s.id.split(":")[0] for s in samples) == sorted(train)
+    first = samples[0]
+    assert first.image.is_file() and first.image.is_relative_to(out.resolve())
+    reply = first.messages[-1]["content"][0]["text"]
+    assert reply == train[first.id.split(":")[0]]["metadata"]["caption"]
+    assert [p["type"] for p in first.messages[0]["content"]] == ["image", "text"]
+
+
+def test_train_student_two_phases_and_a_loadable_captioned_model(data: Path, tmp_path: Path):
+    config = StudentConfig(
+        data=(str(data / "s"),),
+        bench=str(data / "bench"),
+        out=str(tmp_path / "student"),
+        steps=3,
+        warmup_steps=2,
+        batch_size=2,
+    )
+    seen: list[tuple[int, int]] = []
+    summary = train_student(config, progress=lambda done, total: seen.append((done, total)))
+    assert (summary["warmup"]["steps"], summary["mix"]["steps"]) == (2, 3)
+    assert seen[-1] == (5, 5)
+    accuracy = summary["warmup"]["caption_accuracy"]
+    assert 0.0 <= accuracy["from_image"] <= 1.0 and accuracy["tokens"] > 0
+    manifest = json.loads((tmp_path / "student" / "casseat.json").read_text())
+    assert manifest["captions"] is True and manifest["student"]["preset"] == "smolvlm"
+    assert manifest["config"]["model"] == str(tmp_path / "student.work" / "warmup")
+    warm = json.loads((tmp_path / "student.work" / "warmup" / "casseat.json").read_text())
+    assert warm["captions"] is False  # the warm-up reads pixels only
+    with Cascade(tmp_path / "student", policy="cot", max_new_tokens=4) as cascade:
+        assert cascade.captions  # from the manifest
+        problem = json.loads((data / "bench" / "problems.jsonl").open().readline())
+        result = cascade.solve(
+            data / "bench" / problem["image"],
+            problem["question"],
+            caption=problem["metadata"]["caption"],
+        )
+    assert result.options["captions"] is True and result.stages[0].completion_tokens >= 1
+    with pytest.raises(ConfigError, match="already exists"):
+        train_student(config)
+
+
+class RecordingEngine(TorchEngine):
+    """The real torch backend, keeping what its `encode` produced."""
+
+    def encode(self, messages, image, caption):  # noqa: ANN001, ANN201
+        self.encoded = super().encode(messages, image, caption)
+        return self.encoded
+
+
+def test_caption_transform_same_tensors_in_training_and_runtime(data: Path):
+    row = json.loads((data / "bench" / "problems.jsonl").open().readline())
+    image = data / "bench" / row["image"]
+    caption = row["metadata"]["caption"]
+    problem = {**row, "image": "<image>"}
+    engine = RecordingEngine("student:smolvlm")
+    with Cascade(engine, policy="cot", max_new_tokens=2, captions=True) as cascade:
+        cascade.solve(image, row["question"], caption=caption, **_fields(row))
+    messages = stage1_messages(problem) + [assistant("Final answer: 1")]
+    sample = Sample("x", "cot", messages, image, caption)
+    dataset = SFTDataset([sample], engine.processor, engine.arch, 4096, captions=True)
+    train_side = dataset.encode(sample, upto=1, generation=True)
+    assert train_side["input_ids"][0].tolist() == engine.encoded.ids
+    for key, value in engine.encoded.extra.items():
+        assert torch.equal(train_side[key], value), key
+    text = engine.tokenizer.decode(engine.encoded.ids)
+    assert CAPTION_PREFIX + caption in text
+    assert text.index("<image>") < text.index(CAPTION_PREFIX) < text.index(row["question"])
+
+
+def _fields(row: dict) -> dict:
+    keys = ("choices", "answer", "answer_type", "precision", "unit", "question_type")
+    return {k: row.get(k) for k in keys}

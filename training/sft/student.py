@@ -1,0 +1,291 @@
+"""The embedded demo student: `student:smolvlm` trained from scratch on CPU in minutes.
+
+Two phases, each an ordinary `training.sft.train` run (full fine-tuning, vision tower trained):
+
+1. reading warm-up: image -> its caption, on the benchmark's train split (the prompt has the image
+   and `WARMUP_PROMPT` only), so the vision path learns what it can from pixels;
+2. the Cas-SEAT mix (CoT + evaluation samples from `casseat-edge synth`), caption-augmented: the
+   prompt has the image and its caption text (`casseat_edge.preprocess.add_caption`), as text-only
+   models get it in MathVista's caption-augmented setup. The model's manifest records
+   `captions: true`, so the runtime adds the caption the same way by default.
+
+`out` is the trained model (an HF directory with `casseat.json`, loadable and exportable like any
+other); the warm-up data and model live in `<out>.work/`. The summary (also in the manifest under
+`student`) has both phases' steps, seconds, tokens/s and losses, and the warm-up's caption token
+accuracy on held-out images, from the image and from a blank image (what the pixels add).
+
+    summary = train_student(StudentConfig(data=("runs/synth",), bench="runs/bench", out="student"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from casseat_edge.artifacts import (
+    MANIFEST,
+    read_jsonl,
+    read_manifest,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from casseat_edge.config import StageConfig, option
+from casseat_edge.errors import ConfigError, DataError
+from training.sft.config import SFTConfig
+from training.sft.data import SAMPLES_FILE
+
+WARMUP_PROMPT = "Describe the image."  # training-only: the runtime never asks it
+Progress = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig(StageConfig):
+    """Config of the demo student's training (reading warm-up, then the Cas-SEAT mix)."""
+
+    data: tuple[str, ...] = option((), "samples directories from `casseat-edge synth` (the mix)")
+    bench: str = option("", "benchmark directory: its train split is the warm-up's images")
+    out: str = option("student", "output: the trained model directory (work files: <out>.work)")
+    preset: str = option("smolvlm", "student preset (the `student:<preset>` model spec)")
+    seed: int = option(0, "seed of the initial weights, data order and the warm-up sample")
+    steps: int = option(400, "optimizer steps on the Cas-SEAT mix")
+    warmup_steps: int = option(40, "optimizer steps of the reading warm-up (0: none)")
+    batch_size: int = option(8, "samples per optimizer step")
+    lr: float = option(2e-3, "peak learning rate (from scratch: high; linear decay)")
+    warmup_lr: float = option(2e-3, "peak learning rate of the reading warm-up")
+    max_length: int = option(1024, "longest sample in tokens (longer ones are skipped)")
+    threads: int = option(0, "CPU threads for torch (0: torch's default)")
+    caption_eval: int = option(
+        40, "held-out images on which to measure the warm-up's caption token accuracy (0: skip)"
+    )
+    bf16: bool = option(True, "bfloat16 autocast (float32 master weights): ~1.5-2x on AVX512-BF16")
+    overwrite: bool = option(False, "replace an existing --out (and its work directory)")
+
+    def __post_init__(self) -> None:
+        data = (self.data,) if isinstance(self.data, str) else tuple(self.data)
+        object.__setattr__(self, "data", data)
+        if not data:
+            raise ConfigError("--data: required; pass the directory `casseat-edge synth` wrote")
+        if self.warmup_steps and not self.bench:
+            raise ConfigError("--bench: required for the reading warm-up (or --warmup-steps 0)")
+        if self.steps < 1 or self.warmup_steps < 0 or self.batch_size < 1 or self.caption_eval < 0:
+            raise ConfigError(
+                "--steps and --batch-size must be >= 1, --warmup-steps and --caption-eval >= 0"
+            )
+
+    @property
+    def work(self) -> Path:
+        return Path(f"{self.out}.work")
+
+    @property
+    def base(self) -> str:
+        return f"student:{self.preset}@{self.seed}"
+
+
+def train_student(config: StudentConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Build, warm up and train the student; returns the summary also stored in its manifest."""
+    from casseat_edge.models import resolve_model
+    from training.sft import train
+
+    _check_out(config)
+    resolve_model(config.base)  # a bad preset fails before any data is written
+    start = time.perf_counter()
+    summary: dict[str, Any] = {"preset": config.preset, "base": config.base}
+    base = config.base
+    total = config.warmup_steps + config.steps
+    if config.warmup_steps:
+        warm_data = write_warmup_samples(config.bench, config.work / "warmup-data", config.seed)
+        warm = _sft(config, warm_data, base, config.work / "warmup", warmup=True)
+        warm_summary = train(warm, _offset(progress, 0, total))
+        summary["warmup"] = _phase(warm_summary)
+        if config.caption_eval:
+            summary["warmup"]["caption_accuracy"] = caption_accuracy(
+                warm.out, config.bench, split="test", limit=config.caption_eval
+            )
+        base = warm.out
+    data = merge_samples(config.data, config.work / "mix-data")
+    main = _sft(config, data, base, Path(config.out), warmup=False)
+    summary["mix"] = _phase(train(main, _offset(progress, config.warmup_steps, total)))
+    summary.update(out=config.out, seconds=round(time.perf_counter() - start, 2))
+    manifest = read_manifest(config.out)
+    manifest["student"] = {"config": config.to_dict(), **summary}
+    write_json_atomic(Path(config.out) / MANIFEST, manifest)
+    return summary
+
+
+def _sft(config: StudentConfig, data: Path, base: str, out: Path, warmup: bool) -> SFTConfig:
+    return SFTConfig(
+        data=str(data),
+        model=base,
+        out=str(out),
+        method="full",
+        max_steps=config.warmup_steps if warmup else config.steps,
+        lr=config.warmup_lr if warmup else config.lr,
+        warmup_ratio=0.05,
+        weight_decay=0.0,
+        batch_size=config.batch_size,
+        freeze_vision=False,
+        max_length=config.max_length,
+        skip_long=True,
+        seed=config.seed,
+        save_steps=0,
+        logging_steps=max(1, min(10, (config.warmup_steps if warmup else config.steps) // 5)),
+        threads=config.threads,
+        bf16=config.bf16,
+        overwrite=True,
+        captions=not warmup,
+    )
+
+
+def _phase(summary: dict[str, Any]) -> dict[str, Any]:
+    keys = ("samples", "steps", "epochs", "first_loss", "final_loss", "tokens_per_s")
+    return {**{k: summary[k] for k in keys}, "seconds": summary["train_seconds"]}
+
+
+def _offset(progress: Progress | None, done: int, total: int) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda step, _: progress(done + step, total)
+
+
+def _check_out(config: StudentConfig) -> None:
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise ConfigError(
+            f"{out} already exists and is not empty; delete it, pass --overwrite "
+            "or choose another --out"
+        )
+    for path in (out, config.work):
+        if path.exists():
+            shutil.rmtree(path)
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def write_warmup_samples(bench: str | Path, out: Path, seed: int) -> Path:
+    """Image -> caption samples from the benchmark's train split (images copied into `out`)."""
+    from casseat_edge.loaders import load_problems
+
+    problems = load_problems(bench)
+    rows = [
+        r
+        for r in problems.rows
+        if r.get("image") and r["metadata"].get("caption") and _split(r) == "train"
+    ]
+    if not rows:
+        raise DataError(f"--bench {bench}: no train-split problems with an image and a caption")
+    samples = []
+    for row in rows:
+        image = _link_image(problems.image_path(row), out / "images")
+        samples.append(
+            {
+                "id": f"{row['pid']}:caption",
+                "pid": row["pid"],
+                "kind": "cot",
+                "image": image,
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, _text(WARMUP_PROMPT)]},
+                    {"role": "assistant", "content": [_text(row["metadata"]["caption"])]},
+                ],
+                "caption": row["metadata"]["caption"],
+                "family": row["metadata"].get("family"),
+            }
+        )
+    write_jsonl_atomic(out / SAMPLES_FILE, samples)
+    return out
+
+
+def merge_samples(dirs: tuple[str, ...], out: Path) -> Path:
+    """One samples directory from several (the procedural mix and a real-teacher slice); a
+    single directory is used as it is."""
+    from training.sft.data import samples_file
+
+    if len(dirs) == 1:
+        return Path(dirs[0])
+    rows = []
+    for data in dirs:
+        path = samples_file(data)
+        for _, row in read_jsonl(path):
+            if row.get("image"):
+                row["image"] = _link_image(path.parent / row["image"], out / "images")
+            rows.append(row)
+    write_jsonl_atomic(out / SAMPLES_FILE, rows)
+    return out
+
+
+def _link_image(source: Path | None, images: Path) -> str:
+    """Hard-link (else copy) an image into `images`; its path relative to the samples file."""
+    if source is None or not source.is_file():
+        raise DataError(f"{source}: image file not found")
+    images.mkdir(parents=True, exist_ok=True)
+    name = source.name
+    target = images / name
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    return f"{images.name}/{name}"
+
+
+def _split(row: dict[str, Any]) -> str | None:
+    return row.get("metadata", {}).get("split")
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+# --- what the warm-up buys -------------------------------------------------------------------------
+
+
+def caption_accuracy(
+    model: str | Path, bench: str | Path, split: str = "test", limit: int = 40
+) -> dict[str, Any]:
+    """Teacher-forced next-token accuracy on captions of `split` images: from the image, and from
+    a blank (mid-grey) image of the same size (the language prior alone). The difference is what
+    the pixels contribute."""
+    import torch
+    from PIL import Image
+
+    from casseat_edge.loaders import load_problems
+    from casseat_edge.models import load_model
+    from casseat_edge.preprocess import encode, load_image
+    from training.sft.data import Sample, SFTDataset
+
+    loaded = load_model(model)
+    problems = load_problems(bench)
+    rows = [r for r in problems.rows if r["metadata"].get("caption") and _split(r) == split]
+    rows = rows[:limit]
+    if not rows:
+        return {"problems": 0}
+    counts = {"image": [0, 0], "blank": [0, 0]}
+    for row in rows:
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, _text(WARMUP_PROMPT)]},
+            {"role": "assistant", "content": [_text(row["metadata"]["caption"])]},
+        ]
+        path = problems.image_path(row)
+        sample = Sample(row["pid"], "cot", messages, path, None)
+        dataset = SFTDataset([sample], loaded.processor, loaded.arch, max_length=4096)
+        labels = torch.tensor(dataset.labels[0])
+        image = load_image(path)
+        for name, pixels in (("image", image), ("blank", Image.new("RGB", image.size, "grey"))):
+            inputs = encode(loaded.processor, loaded.arch, messages, pixels, None, False)
+            with torch.no_grad():
+                logits = loaded.model(**inputs).logits[0]
+            keep = labels[1:] != -100
+            hits = logits[:-1].argmax(-1)[keep] == labels[1:][keep]
+            counts[name][0] += int(hits.sum())
+            counts[name][1] += int(keep.sum())
+    return {
+        "problems": len(rows),
+        "tokens": counts["image"][1],
+        "from_image": round(counts["image"][0] / counts["image"][1], 4),
+        "from_blank_image": round(counts["blank"][0] / counts["blank"][1], 4),
+    }
