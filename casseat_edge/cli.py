@@ -421,6 +421,10 @@ def _render_export(s: dict[str, Any]) -> str:
     help="How the answer is compared (default: text, multi_choice with --choices).",
 )
 @click.option("--threads", type=int, help="CPU threads (default: all).")
+@click.option(
+    "--quant",
+    help="The variant to load where an export holds several (ONNX: fp32, int8 or int4).",
+)
 @click.option("--no-kv-reuse", is_flag=True, help="Re-prefill every stage (for comparison).")
 @click.option(
     "--captions/--no-captions",
@@ -442,6 +446,7 @@ def run(
     threads: int | None,
     no_kv_reuse: bool,
     captions: bool | None,
+    quant: str | None,
     as_json: bool,
 ) -> None:
     """Solve one problem with the cascade: prints the reasoning, the verdict, the answer and a
@@ -470,6 +475,7 @@ def run(
         kv_reuse=not no_kv_reuse,
         captions=captions,
         threads=threads,
+        **({"quant": quant} if quant else {}),
     ) as cascade:
         result = cascade.solve(image, question, **fields)
         emit({**result.to_dict(), **process_stats(cascade)}, as_json, _render_run(result))

@@ -48,7 +48,7 @@ class PipelineConfig(StageConfig):
     seed: int = option(7, "seed for the benchmark and every later stage")
     n: int = option(1000, "benchmark size (--fast: at most 120)")
     student: str = option("smolvlm", "the demo student's preset (`student:<preset>`)")
-    train_steps: int = option(0, "student steps on the Cas-SEAT mix (0: the preset's; --fast: 60)")
+    train_steps: int = option(0, "student steps on the Cas-SEAT mix (0: 250; --fast: 12)")
     real_teacher: str = option(
         "embedded:smollm2-135m-instruct", "the real teacher of the small synthesis slice"
     )
@@ -57,7 +57,9 @@ class PipelineConfig(StageConfig):
     onnx_quants: tuple[str, ...] = option(("fp32", "int8", "int4"), "ONNX variants")
     bnb_methods: tuple[str, ...] = option(("bnb-nf4",), "bitsandbytes checkpoints (torch backend)")
     policies: tuple[str, ...] = option(("cot", "cas-seat"), "cascade policies evaluated")
-    eval_limit: int = option(0, "held-out problems per evaluation (0: all; --fast: 10)")
+    eval_limit: int = option(
+        0, "held-out problems per evaluation (0: 50; --fast: 10; -1: all of them)"
+    )
     max_new_tokens: int = option(
         0, "generation budget per stage in evaluations (0: 160; --fast: 64)"
     )
@@ -68,8 +70,8 @@ class PipelineConfig(StageConfig):
     def __post_init__(self) -> None:
         if self.n < 10:
             raise ConfigError(f"--n: {self.n} is too small for a train/held-out split; use >= 10")
-        if self.eval_limit < 0 or self.max_new_tokens < 0 or self.train_steps < 0:
-            raise ConfigError("--eval-limit, --max-new-tokens and --train-steps must be >= 0")
+        if self.eval_limit < -1 or self.max_new_tokens < 0 or self.train_steps < 0:
+            raise ConfigError("--max-new-tokens and --train-steps must be >= 0, --eval-limit >= -1")
 
     @property
     def bench_size(self) -> int:
@@ -78,12 +80,16 @@ class PipelineConfig(StageConfig):
     @property
     def student_budget(self) -> dict[str, int]:
         """Overrides of the student's training budget (the same for every ablation student)."""
-        steps = self.train_steps or (60 if self.fast else 0)
-        return {"steps": steps} if steps else {}
+        if self.fast:
+            return {"steps": self.train_steps or 12, "warmup_steps": 3, "batch_size": 4,
+                    "caption_eval": 10}  # fmt: skip
+        return {"steps": self.train_steps or 250, "warmup_steps": 10, "batch_size": 8}
 
     @property
     def held_out_limit(self) -> int:
-        return self.eval_limit or (10 if self.fast else 0)
+        if self.eval_limit < 0:
+            return 0  # evaluate() reads 0 as "all"
+        return self.eval_limit or (10 if self.fast else 50)
 
     @property
     def generation_budget(self) -> int:

@@ -121,10 +121,13 @@ def synth_stage(ctx: Context) -> dict[str, Any]:
 
     config = ctx.config
     common = {"problems": str(ctx.out / "bench"), "seed": config.seed, "resume": True}
-    runs = {name: SynthConfig(teacher="procedural", out=str(_synth_dir(ctx, name)), **common)
-            for name in _students(config)}  # fmt: skip
-    runs["cot"] = dataclasses.replace(runs["cot"], eval_fraction=0.0) if "cot" in runs else None
-    runs["seat"] = dataclasses.replace(runs["seat"], mode="seat") if "seat" in runs else None
+    variant = {"cas-seat": {}, "cot": {"eval_fraction": 0.0}, "seat": {"mode": "seat"}}
+    runs = {
+        name: SynthConfig(
+            teacher="procedural", out=str(_synth_dir(ctx, name)), **variant[name], **common
+        )
+        for name in _students(config)
+    }
     runs["real"] = SynthConfig(
         teacher=config.real_teacher,
         out=str(ctx.out / "synth-real"),
@@ -133,10 +136,8 @@ def synth_stage(ctx: Context) -> dict[str, Any]:
         threads=config.threads,
         **common,
     )
-    result: dict[str, Any] = {"status": "done"}
+    result: dict[str, Any] = {}
     for name, synth in runs.items():
-        if synth is None:
-            continue
         settings = run_settings(synth)
         inputs = {"problems": settings["problems_sha256"]}
         if _manifest_matches(Path(synth.out), synth.to_dict(), inputs):
@@ -148,7 +149,7 @@ def synth_stage(ctx: Context) -> dict[str, Any]:
         result[name] = {key: stats[key] for key in ("teacher", "problems", "samples", "keep_rate")}
         result[name]["tokens_per_s"] = stats["throughput"]["tokens_per_s"]
         ctx.log(f"  synth {name}: keep rate {stats['keep_rate']}")
-    return result
+    return {"status": _overall(result), **result}
 
 
 # ------------------------------------------------------------------ train
@@ -190,7 +191,7 @@ def train_stage(ctx: Context) -> dict[str, Any]:
         )
         ctx.students[name] = path
         result[name] = {"status": status, "path": str(path), **stats}
-    return result
+    return {"status": _overall(result), **result}
 
 
 # ------------------------------------------------------------------ export
@@ -318,7 +319,7 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
         ctx.runs[run] = path
         result[run] = {"status": status, **stats}
         ctx.log(f"  {run}: accuracy {stats['accuracy']:.3f} ({stats['correct']}/{stats['n']})")
-    return result
+    return {"status": _overall(result), **result}
 
 
 def report_stage(ctx: Context) -> dict[str, Any]:
@@ -399,6 +400,10 @@ def _run_name(student: str, backend: str, quant: str, policy: str) -> str:
     return f"{prefix}{backend}-{quant}-{policy}"
 
 
+def _overall(parts: dict[str, dict[str, Any]]) -> str:
+    return "skipped" if all(p.get("status") == "skipped" for p in parts.values()) else "done"
+
+
 def _students(config: PipelineConfig) -> list[str]:
     return list(STUDENTS) if config.ablation else [MAIN_STUDENT]
 
@@ -418,11 +423,16 @@ def _weights_hash(model_dir: Path) -> str:
     return sha256_json({f.name: sha256_file(f) for f in files})
 
 
+WEIGHT_SUFFIXES = {".safetensors", ".onnx", ".onnx_data", ".data", ".gguf"}
+
+
 def _artifact_hash(source: Path) -> str:
+    """The weights' hash: a file itself, or a directory's weight files (not its checkpoints/)."""
     if source.is_file():
         return sha256_file(source)
-    return sha256_json({str(f.relative_to(source)): sha256_file(f)
-                        for f in sorted(source.rglob("*")) if f.is_file()})  # fmt: skip
+    files = [f for f in sorted(source.rglob("*")) if f.suffix in WEIGHT_SUFFIXES
+             and "checkpoints" not in f.relative_to(source).parts]  # fmt: skip
+    return sha256_json({str(f.relative_to(source)): sha256_file(f) for f in files})
 
 
 def check_tokenizer_parity(tokenizer_dir: Path, gguf: Path, problems_path: Path) -> dict[str, Any]:
