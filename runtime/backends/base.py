@@ -126,6 +126,23 @@ class Engine(abc.ABC):
         return {"extra": cls.extra_name}
 
 
+class HfTokenizerHooks:
+    """Text hooks of engines that hold an HF tokenizer (`self.tokenizer`) and stop ids
+    (`self._stops`): the torch and onnxruntime engines."""
+
+    tokenizer: Any
+    _stops: set[int]
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def is_stop(self, token: int) -> bool:
+        return token in self._stops
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     count = 0
     for x, y in zip(a, b):

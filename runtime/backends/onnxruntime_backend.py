@@ -21,13 +21,13 @@ from casseat_edge.models import ModelRef, resolve_model
 from casseat_edge.onnx_split import SplitOnnxModel
 from casseat_edge.preprocess import encode, processor_tokenizer
 from casseat_edge.registry import BACKENDS
-from runtime.backends.base import Encoded, Engine
+from runtime.backends.base import Encoded, Engine, HfTokenizerHooks
 
 IMAGE_ID_KEYS = ("image_token_id", "vision_start_token_id", "vision_end_token_id")
 
 
 @BACKENDS.register("onnxruntime", "ort")
-class OrtEngine(Engine):
+class OrtEngine(HfTokenizerHooks, Engine):
     """onnxruntime on a split ONNX export: stage 2 continues from stage 1's past key/values."""
 
     name = "onnxruntime"
@@ -70,15 +70,6 @@ class OrtEngine(Engine):
         positions = [i for i, t in enumerate(ids) if t in self._image_ids]
         extra = {k: v.numpy() for k, v in inputs.items()} or None
         return Encoded(ids, extra, positions[-1] + 1 if positions else 0)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def is_stop(self, token: int) -> bool:
-        return token in self._stops
 
     def truncate(self, n_tokens: int) -> None:
         if n_tokens == 0:

@@ -20,13 +20,13 @@ from casseat_edge.errors import BackendUnavailableError
 from casseat_edge.models import ModelRef, load_model, resolve_model
 from casseat_edge.preprocess import encode
 from casseat_edge.registry import BACKENDS
-from runtime.backends.base import Encoded, Engine
+from runtime.backends.base import Encoded, Engine, HfTokenizerHooks
 
 VISION_MODULES = ("vision_model", "visual", "vision_tower")  # Idefics3, Qwen2-VL, LLaVA
 
 
 @BACKENDS.register("torch", "transformers")
-class TorchEngine(Engine):
+class TorchEngine(HfTokenizerHooks, Engine):
     """transformers on CPU (or CUDA): KV reuse across stages through DynamicCache."""
 
     name = "torch"
@@ -97,15 +97,6 @@ class TorchEngine(Engine):
         positions = [i for i, t in enumerate(ids) if t in self._image_ids]
         extra = {k: v.to(self.device) for k, v in inputs.items()} or None
         return Encoded(ids, extra, positions[-1] + 1 if positions else 0)
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def detokenize(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def is_stop(self, token: int) -> bool:
-        return token in self._stops
 
     def truncate(self, n_tokens: int) -> None:
         if n_tokens == 0:
