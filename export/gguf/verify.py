@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from casseat_edge.parity import logit_parity
 from export.gguf.quantize import GGUF_TYPES
 
 # Our own parity text: ordinary prose, arithmetic and chat markup, long enough for 200+ positions.
@@ -125,34 +126,7 @@ def tokenizer_row(llm: Any, tokenizer: Any) -> dict[str, Any]:
 
 def logits_row(torch_logits: np.ndarray, cpp_logits: np.ndarray, quant: str, file: str) -> dict:
     """Compare two [positions, vocab] logit arrays against the type's bounds."""
-    entry = GGUF_TYPES[quant]
-    vocab = min(torch_logits.shape[1], cpp_logits.shape[1])
-    ref, got = torch_logits[:, :vocab], cpp_logits[:, :vocab]
-    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    kl = float(np.mean(np.sum(_softmax(ref) * (_log_softmax(ref) - _log_softmax(got)), -1)))
-    rel = float(np.abs(ref - got).max() / max(np.abs(ref).max(), 1e-6))
-    failures = ["llama.cpp returned non-finite logits"] if not np.isfinite(got).all() else []
-    if top1 < entry.top1:
-        failures.append(f"top1 {top1:.3f} < {entry.top1}")
-    if not kl <= entry.kl:  # also catches NaN
-        failures.append(f"kl {kl:.2e} > {entry.kl:.0e}")
-    if entry.max_abs is not None and not rel <= entry.max_abs:
-        failures.append(f"rel max abs {rel:.2e} > {entry.max_abs:.0e}")
-    return {
-        "check": "logits", "file": file, "type": quant, "positions": int(ref.shape[0]),
-        "top1": round(top1, 4), "kl": float(f"{kl:.3g}"),
-        "max_abs": float(f"{np.abs(ref - got).max():.3g}"), "rel_max_abs": float(f"{rel:.3g}"),
-        "bounds": entry.bounds(), "failures": failures, "passed": not failures,
-    }  # fmt: skip
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    return np.exp(_log_softmax(x))
+    return logit_parity("logits", torch_logits, cpp_logits, GGUF_TYPES[quant], file, "llama.cpp")
 
 
 def generate_row(llm: Any, tokenizer: Any, n: int = 8) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.onnx_split import DECODER, SplitOnnxModel
+from casseat_edge.parity import logit_parity
 from casseat_edge.preprocess import encode, user_messages
 from export.gguf.verify import parity_ids, torch_text_logits
 from export.onnx.quantize import ONNX_TYPES, OnnxQuantType
@@ -55,30 +56,7 @@ def verify_variant(
 def compare_logits(
     check: str, ref: np.ndarray, got: np.ndarray, entry: OnnxQuantType, file: str
 ) -> dict[str, Any]:
-    ref, got = ref.astype(np.float64), got.astype(np.float64)
-    top1 = float((ref.argmax(-1) == got.argmax(-1)).mean())
-    log_ref, log_got = _log_softmax(ref), _log_softmax(got)
-    kl = float(np.mean(np.sum(np.exp(log_ref) * (log_ref - log_got), -1)))
-    diff = float(np.abs(ref - got).max())
-    rel = diff / max(float(np.abs(ref).max()), 1e-6)
-    failures = [] if np.isfinite(got).all() else ["onnxruntime returned non-finite logits"]
-    if top1 < entry.top1:
-        failures.append(f"top1 {top1:.3f} < {entry.top1}")
-    if not kl <= entry.kl:  # also catches NaN
-        failures.append(f"kl {kl:.2e} > {entry.kl:.0e}")
-    if entry.max_abs is not None and not rel <= entry.max_abs:
-        failures.append(f"rel max abs {rel:.2e} > {entry.max_abs:.0e}")
-    return {
-        "check": check, "file": file, "type": entry.name, "positions": int(ref.shape[0]),
-        "top1": round(top1, 4), "kl": float(f"{kl:.3g}"), "max_abs": float(f"{diff:.3g}"),
-        "rel_max_abs": float(f"{rel:.3g}"), "bounds": entry.bounds(), "failures": failures,
-        "passed": not failures,
-    }  # fmt: skip
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return logit_parity(check, ref, got, entry, file, "onnxruntime")
 
 
 def parity_image() -> Any:
