@@ -397,7 +397,10 @@ def _render_export(s: dict[str, Any]) -> str:
 @click.option("--image", type=click.Path(dir_okay=False), help="Problem image (PNG/JPEG/WebP).")
 @click.option("--question", required=True, help="The question text.")
 @click.option(
-    "--backend", default="torch", show_default=True, help="torch | llama.cpp | onnxruntime."
+    "--backend",
+    default="torch",
+    show_default=True,
+    help="torch | llama.cpp | onnxruntime | vllm (GPU).",
 )
 @click.option(
     "--policy",

@@ -28,7 +28,7 @@ from casseat_edge.models import ModelRef
 from casseat_edge.preprocess import add_caption, load_image
 from casseat_edge.prompts import POLICIES, parse_verdict, prompt_info
 from casseat_edge.registry import BACKENDS
-from runtime.backends import Conversation, Engine
+from runtime.backends import Engine, TurnEngine, open_conversation
 from runtime.policies import POLICY_FUNCTIONS, Run
 from runtime.types import Result, StageResult
 
@@ -40,7 +40,7 @@ class Cascade:
 
     def __init__(
         self,
-        model: str | Path | ModelRef | Engine,
+        model: str | Path | ModelRef | Engine | TurnEngine,
         backend: str = "torch",
         policy: str = "cas-seat",
         *,
@@ -57,7 +57,9 @@ class Cascade:
         if max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.engine = (
-            model if isinstance(model, Engine) else BACKENDS.get(backend)(model, **backend_options)
+            model
+            if isinstance(model, (Engine, TurnEngine))
+            else BACKENDS.get(backend)(model, **backend_options)
         )
         self.policy = policy
         self.max_new_tokens = max_new_tokens
@@ -91,7 +93,7 @@ class Cascade:
         start = time.perf_counter()
         pixels = load_image(image) if image is not None and self.engine.vision else None
         image_ms = (time.perf_counter() - start) * 1e3  # decoding: part of stage 1's preprocess
-        conversation = Conversation(self.engine, kv_reuse=self.kv_reuse)
+        conversation = open_conversation(self.engine, kv_reuse=self.kv_reuse)
         stages: list[StageResult] = []
 
         def say(name: str, messages: list[dict[str, Any]]) -> str:

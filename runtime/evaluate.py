@@ -120,11 +120,13 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
 
 
 def _variant(config: EvalConfig) -> dict[str, str]:
-    """Backends whose exports hold several variants load the one `--quant` names."""
+    """Backends whose exports hold several variants load the one `--quant` names; backends that
+    quantize at load time (`takes_quant`: vllm) get it too."""
     from casseat_edge.registry import BACKENDS
 
     engine = BACKENDS.get(config.backend)
-    return {"quant": config.quant} if config.quant and getattr(engine, "variants", False) else {}
+    takes = getattr(engine, "variants", False) or getattr(engine, "takes_quant", False)
+    return {"quant": config.quant} if config.quant and takes else {}
 
 
 def _prepare(out: Path, config: EvalConfig) -> Path:

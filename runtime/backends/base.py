@@ -152,6 +152,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return count
 
 
+def check_context(prompt_tokens: int, max_new_tokens: int, n_ctx: int) -> None:
+    """A turn must fit: its prompt plus the generation budget within the model's context."""
+    if prompt_tokens + max_new_tokens > n_ctx:
+        raise DataError(
+            f"prompt of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} exceeds the "
+            f"context of {n_ctx} tokens; lower max_new_tokens, shorten the "
+            "question or raise n_ctx (image tokens are never cut)"
+        )
+
+
 class Conversation:
     """One conversation on an engine: the ids and text so far and how much of it is in the cache."""
 
@@ -230,12 +240,7 @@ class Conversation:
         return 0 if begin < self.image_end else begin
 
     def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        if prompt_tokens + max_new_tokens > self.engine.n_ctx:
-            raise DataError(
-                f"prompt of {prompt_tokens} tokens + max_new_tokens {max_new_tokens} exceeds the "
-                f"context of {self.engine.n_ctx} tokens; lower max_new_tokens, shorten the "
-                "question or raise n_ctx (image tokens are never cut)"
-            )
+        check_context(prompt_tokens, max_new_tokens, self.engine.n_ctx)
 
     def _decode(
         self, token: int, position: int, max_new_tokens: int, streamed: _Streamer | None
