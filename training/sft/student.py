@@ -99,7 +99,7 @@ def train_student(config: StudentConfig, progress: Progress | None = None) -> di
     total = config.warmup_steps + config.steps
     if config.warmup_steps:
         warm_data = write_warmup_samples(config.bench, config.work / "warmup-data", config.seed)
-        warm = _sft(config, warm_data, base, config.work / "warmup", warmup=True)
+        warm = phase_config(config, warm_data, base, config.work / "warmup", warmup=True)
         warm_summary = train(warm, _offset(progress, 0, total))
         summary["warmup"] = _phase(warm_summary)
         if config.caption_eval:
@@ -108,7 +108,7 @@ def train_student(config: StudentConfig, progress: Progress | None = None) -> di
             )
         base = warm.out
     data = merge_samples(config.data, config.work / "mix-data")
-    main = _sft(config, data, base, Path(config.out), warmup=False)
+    main = phase_config(config, data, base, Path(config.out), warmup=False)
     summary["mix"] = _phase(train(main, _offset(progress, config.warmup_steps, total)))
     summary.update(out=config.out, seconds=round(time.perf_counter() - start, 2))
     manifest = read_manifest(config.out)
@@ -117,7 +117,10 @@ def train_student(config: StudentConfig, progress: Progress | None = None) -> di
     return summary
 
 
-def _sft(config: StudentConfig, data: Path, base: str, out: Path, warmup: bool) -> SFTConfig:
+def phase_config(
+    config: StudentConfig, data: Path, base: str, out: Path, warmup: bool
+) -> SFTConfig:
+    """The SFT config of one phase (the reading warm-up, or the Cas-SEAT mix)."""
     return SFTConfig(
         data=str(data),
         model=base,

@@ -1,0 +1,147 @@
+"""How the demo student's held-out accuracy grows with its training budget.
+
+The main job trains the student for 250 steps of the Cas-SEAT mix (about 4-7 minutes on 2 cores);
+this measures what a larger budget buys, to say what the accuracy target would need. It reuses a
+finished `casseat-edge pipeline` directory (its bench, the merged mix data and the warm-up model
+under `student.work/`, and `student/` for the processor files), trains the mix phase again from
+the same warm-up model for `--steps` steps with a checkpoint every `--every` steps, and evaluates
+every checkpoint on the held-out split with `cot` and `cas-seat` (torch fp32, greedy, captions as
+trained). The checkpoints are points on one run's linear-decay schedule, so an early one has seen
+a higher learning rate than a run that stops there; the last point is a whole run of that budget.
+
+    casseat-edge pipeline --out runs/main
+    python3 benchmarks/student_budget.py --run runs/main --steps 1500 --every 250 --limit 50
+
+Prints a table and one JSON document, and writes `budget.json` and `budget.png` into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# benchmarks/runtime.py is named like the package measured here: keep this folder off the path
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from casseat_edge.artifacts import read_manifest, write_json_atomic  # noqa: E402
+from runtime.evaluate import EvalConfig, evaluate  # noqa: E402
+from training.sft import train  # noqa: E402
+from training.sft.student import StudentConfig, phase_config  # noqa: E402
+
+WEIGHTS = "model.safetensors"
+POLICIES = ("cot", "cas-seat")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a finished `casseat-edge pipeline` --out")
+    parser.add_argument("--out", default="", help="work and result directory (default RUN/budget)")
+    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of the long run")
+    parser.add_argument("--every", type=int, default=250, help="checkpoint every this many steps")
+    parser.add_argument("--limit", type=int, default=50, help="held-out problems per evaluation")
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    run = Path(args.run)
+    out = Path(args.out or run / "budget")
+    student = run / "student"
+    settings = read_manifest(student)["student"]["config"]
+    config = StudentConfig(**{**settings, "steps": args.steps, "threads": args.threads})
+    sft = dataclasses.replace(
+        phase_config(
+            config,
+            run / "student.work" / "mix-data",
+            str(run / "student.work" / "warmup"),
+            out / "model",
+            warmup=False,
+        ),
+        save_steps=args.every,
+        save_total_limit=0,
+    )
+    marks: dict[int, float] = {}
+    start = time.perf_counter()
+
+    def progress(step: int, _total: int) -> None:
+        if step % args.every == 0 or step == args.steps:
+            marks[step] = time.perf_counter() - start
+
+    print(f"training {args.steps} steps (checkpoint every {args.every})", file=sys.stderr)
+    train(sft, progress)
+    rows = []
+    for step in sorted(marks):
+        model = checkpoint_model(out, student, step, args.steps)
+        row: dict[str, Any] = {"steps": step, "train_seconds": round(marks[step], 1)}
+        for policy in POLICIES:
+            summary = evaluate(
+                EvalConfig(
+                    model=str(model),
+                    bench=str(run / "bench"),
+                    out=str(out / "eval" / f"{step}-{policy}"),
+                    policy=policy,
+                    limit=args.limit,
+                    max_new_tokens=args.max_new_tokens,
+                    captions="on",
+                    threads=args.threads,
+                )
+            )
+            row[policy] = summary["accuracy"]["overall"]
+            if policy == "cas-seat":
+                row["self_eval_accuracy"] = (summary.get("verdicts") or {}).get("accuracy")
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    report(rows, out, args)
+
+
+def checkpoint_model(out: Path, student: Path, step: int, total: int) -> Path:
+    """An HF model directory for the checkpoint at `step`: the student's files, these weights."""
+    if step == total:
+        return out / "model"
+    target = out / "points" / f"step-{step}"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(student, target, ignore=shutil.ignore_patterns(WEIGHTS, "*.png", "*.json.tmp"))
+    shutil.copy2(out / "model" / "checkpoints" / f"checkpoint-{step}" / WEIGHTS, target / WEIGHTS)
+    return target
+
+
+def report(rows: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> None:
+    doc = {"steps": args.steps, "every": args.every, "limit": args.limit, "points": rows}
+    write_json_atomic(out / "budget.json", doc)
+    plot(rows, out / "budget.png")
+    print(f"{'steps':>6} {'train s':>8} {'cot':>6} {'cas-seat':>9} {'self-eval':>10}")
+    for r in rows:
+        self_eval = r.get("self_eval_accuracy")
+        print(
+            f"{r['steps']:>6} {r['train_seconds']:>8.0f} {r['cot']:>6.3f} {r['cas-seat']:>9.3f} "
+            f"{'' if self_eval is None else f'{self_eval:.3f}':>10}"
+        )
+    print(json.dumps(doc))
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["steps"] for r in rows]
+    for policy in POLICIES:
+        ax.plot(steps, [r[policy] for r in rows], marker="o", label=policy)
+    ax.set_xlabel("optimizer steps on the Cas-SEAT mix (batch 8)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("Demo student: accuracy vs training budget")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
