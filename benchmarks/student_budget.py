@@ -5,8 +5,9 @@ this measures what a larger budget buys, to say what the accuracy target would n
 finished `casseat-edge pipeline` directory (its bench, the merged mix data and the warm-up model
 under `student.work/`, and `student/` for the processor files), trains the mix phase again from
 the same warm-up model for `--steps` steps with a checkpoint every `--every` steps, and evaluates
-every checkpoint on the held-out split with `cot` and `cas-seat` (torch fp32, greedy, captions as
-trained). The checkpoints are points on one run's linear-decay schedule, so an early one has seen
+every checkpoint on the held-out split with `cot` and `cas-seat` (greedy, captions as trained; on
+torch fp32, or `--backend llama.cpp` on an f16 GGUF export of each checkpoint, about 5x faster).
+`--skip-train` evaluates the checkpoints an earlier run of this script left. The checkpoints are points on one run's linear-decay schedule, so an early one has seen
 a higher learning rate than a run that stops there; the last point is a whole run of that budget.
 
     casseat-edge pipeline --out runs/main
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=50, help="held-out problems per evaluation")
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--backend", choices=("torch", "llama.cpp"), default="torch")
+    parser.add_argument("--skip-train", action="store_true", help="evaluate existing checkpoints")
     args = parser.parse_args()
     run = Path(args.run)
     out = Path(args.out or run / "budget")
@@ -64,23 +67,18 @@ def main() -> None:
         save_steps=args.every,
         save_total_limit=0,
     )
-    marks: dict[int, float] = {}
-    start = time.perf_counter()
-
-    def progress(step: int, _total: int) -> None:
-        if step % args.every == 0 or step == args.steps:
-            marks[step] = time.perf_counter() - start
-
-    print(f"training {args.steps} steps (checkpoint every {args.every})", file=sys.stderr)
-    train(sft, progress)
+    marks = train_marks(sft, out, args)
     rows = []
     for step in sorted(marks):
         model = checkpoint_model(out, student, step, args.steps)
-        row: dict[str, Any] = {"steps": step, "train_seconds": round(marks[step], 1)}
+        if args.backend == "llama.cpp":
+            model = gguf_model(model, out / "gguf" / f"step-{step}")
+        row: dict[str, Any] = {"steps": step, "train_seconds": marks[step]}
         for policy in POLICIES:
             summary = evaluate(
                 EvalConfig(
                     model=str(model),
+                    backend=args.backend,
                     bench=str(run / "bench"),
                     out=str(out / "eval" / f"{step}-{policy}"),
                     policy=policy,
@@ -92,10 +90,37 @@ def main() -> None:
             )
             row[policy] = summary["accuracy"]["overall"]
             if policy == "cas-seat":
-                row["self_eval_accuracy"] = (summary.get("verdicts") or {}).get("accuracy")
+                row["self_eval_accuracy"] = (summary.get("verdicts") or {}).get("self_eval_accuracy")
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     report(rows, out, args)
+
+
+def train_marks(sft: Any, out: Path, args: argparse.Namespace) -> dict[int, float | None]:
+    """Train (checkpoints every `--every` steps); the seconds at which each was reached."""
+    steps = [*range(args.every, args.steps, args.every), args.steps]
+    if args.skip_train:
+        return dict.fromkeys(steps)
+    marks: dict[int, float | None] = {}
+    start = time.perf_counter()
+
+    def progress(step: int, _total: int) -> None:
+        if step in steps:
+            marks[step] = round(time.perf_counter() - start, 1)
+
+    print(f"training {args.steps} steps (checkpoint every {args.every})", file=sys.stderr)
+    train(sft, progress)
+    return marks
+
+
+def gguf_model(model: Path, out: Path) -> Path:
+    """An f16 GGUF (+ mmproj) of `model`, unverified (the pipeline verifies the same exporter)."""
+    from casseat_edge.registry import EXPORTERS
+
+    gguf = EXPORTERS.get("gguf")
+    config = gguf.config_class(model=str(model), out=str(out), quant="f16", verify=False)
+    summary = gguf.export(dataclasses.replace(config, overwrite=True))
+    return out / next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
 
 
 def checkpoint_model(out: Path, student: Path, step: int, total: int) -> Path:
@@ -111,14 +136,21 @@ def checkpoint_model(out: Path, student: Path, step: int, total: int) -> Path:
 
 
 def report(rows: list[dict[str, Any]], out: Path, args: argparse.Namespace) -> None:
-    doc = {"steps": args.steps, "every": args.every, "limit": args.limit, "points": rows}
+    doc = {
+        "steps": args.steps,
+        "every": args.every,
+        "limit": args.limit,
+        "backend": args.backend,
+        "points": rows,
+    }
     write_json_atomic(out / "budget.json", doc)
     plot(rows, out / "budget.png")
     print(f"{'steps':>6} {'train s':>8} {'cot':>6} {'cas-seat':>9} {'self-eval':>10}")
     for r in rows:
         self_eval = r.get("self_eval_accuracy")
+        seconds = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
         print(
-            f"{r['steps']:>6} {r['train_seconds']:>8.0f} {r['cot']:>6.3f} {r['cas-seat']:>9.3f} "
+            f"{r['steps']:>6} {seconds:>8} {r['cot']:>6.3f} {r['cas-seat']:>9.3f} "
             f"{'' if self_eval is None else f'{self_eval:.3f}':>10}"
         )
     print(json.dumps(doc))
