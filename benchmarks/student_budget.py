@@ -90,7 +90,9 @@ def main() -> None:
             )
             row[policy] = summary["accuracy"]["overall"]
             if policy == "cas-seat":
-                row["self_eval_accuracy"] = (summary.get("verdicts") or {}).get("self_eval_accuracy")
+                row["self_eval_accuracy"] = (summary.get("verdicts") or {}).get(
+                    "self_eval_accuracy"
+                )
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     report(rows, out, args)

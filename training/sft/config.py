@@ -68,6 +68,11 @@ class SFTConfig(StageConfig):
         False, "bfloat16 autocast (float32 master weights); faster on CPUs with AVX512-BF16/AMX"
     )
     dataloader_workers: int = option(0, "background processes preparing batches (0: in-process)")
+    group_by_length: bool = option(
+        False,
+        "batch samples of similar length together (less padding: faster steps; random order "
+        "between groups, HF's LengthGroupedSampler)",
+    )
 
     def __post_init__(self) -> None:
         if not self.data:

@@ -10,6 +10,9 @@ number of labelled tokens in the batch, or by `num_items_in_batch` under gradien
 
 Used only where it is exactly that loss: one process (DDP must call the wrapped module's forward)
 and a model with the usual `.model` body + `.lm_head` layout; elsewhere the Trainer's own loss.
+
+With `group_by_length`, the sampler gets the lengths the dataset computed up front (HF's own
+fallback would encode every sample, images included, once more just to measure it).
 """
 
 from __future__ import annotations
@@ -18,12 +21,23 @@ from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from training.sft.data import IGNORE_INDEX
 
 
 class LabelPositionTrainer(Trainer):
     """`Trainer` whose loss projects only the labelled positions through the output layer."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "input_ids", None)
+        if not self.args.group_by_length or lengths is None:
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=[len(ids) for ids in lengths],
+        )
 
     def compute_loss(
         self,

@@ -111,6 +111,7 @@ def training_arguments(config: SFTConfig, out: Path) -> Any:
         label_names=["labels"],
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=config.dataloader_workers,
+        group_by_length=config.group_by_length,
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         bf16=config.bf16,
