@@ -75,6 +75,7 @@ def main() -> None:
             model = gguf_model(model, out / "gguf" / f"step-{step}")
         row: dict[str, Any] = {"steps": step, "train_seconds": marks[step]}
         for policy in POLICIES:
+            shutil.rmtree(out / "eval" / f"{step}-{policy}", ignore_errors=True)
             summary = evaluate(
                 EvalConfig(
                     model=str(model),
@@ -88,7 +89,7 @@ def main() -> None:
                     threads=args.threads,
                 )
             )
-            row[policy] = summary["accuracy"]["overall"]
+            row[policy] = summary["accuracy"]
             if policy == "cas-seat":
                 row["self_eval_accuracy"] = (summary.get("verdicts") or {}).get(
                     "self_eval_accuracy"
@@ -117,6 +118,7 @@ def train_marks(sft: Any, out: Path, args: argparse.Namespace) -> dict[int, floa
 
 def gguf_model(model: Path, out: Path) -> Path:
     """An f16 GGUF (+ mmproj) of `model`, unverified (the pipeline verifies the same exporter)."""
+    import export  # noqa: F401  (registers the exporters)
     from casseat_edge.registry import EXPORTERS
 
     gguf = EXPORTERS.get("gguf")

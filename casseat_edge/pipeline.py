@@ -58,7 +58,7 @@ class PipelineConfig(StageConfig):
     bnb_methods: tuple[str, ...] = option(("bnb-nf4",), "bitsandbytes checkpoints (torch backend)")
     policies: tuple[str, ...] = option(("cot", "cas-seat"), "cascade policies evaluated")
     eval_limit: int = option(
-        0, "held-out problems per evaluation (0: 50; --fast: 10; -1: all of them)"
+        0, "held-out problems per evaluation (0: 40; --fast: 10; -1: all of them)"
     )
     max_new_tokens: int = option(
         0, "generation budget per stage in evaluations (0: 160; --fast: 64)"
@@ -89,7 +89,7 @@ class PipelineConfig(StageConfig):
     def held_out_limit(self) -> int:
         if self.eval_limit < 0:
             return 0  # evaluate() reads 0 as "all"
-        return self.eval_limit or (10 if self.fast else 50)
+        return self.eval_limit or (10 if self.fast else 40)
 
     @property
     def generation_budget(self) -> int:
