@@ -64,7 +64,9 @@ class StudentConfig(StageConfig):
     )
     bf16: bool = option(True, "bfloat16 autocast (float32 master weights): ~1.5-2x on AVX512-BF16")
     group_by_length: bool = option(
-        True, "batch samples of similar length together (less padding, faster steps)"
+        False,
+        "batch samples of similar length together: 35% fewer padded tokens, but measured worse "
+        "at 250 steps (loss 1.54 vs 0.85; batches of one sample kind)",
     )
     overwrite: bool = option(False, "replace an existing --out (and its work directory)")
 
