@@ -160,7 +160,7 @@ def _solve(
     return row
 
 
-DEFAULT_QUANT = {"torch": "fp32", "llama.cpp": "gguf"}
+DEFAULT_QUANT = {"torch": "fp32", "llama.cpp": "gguf", "vllm": "checkpoint"}  # vllm: its own dtype
 
 
 def _run_facts(config: EvalConfig, cascade: Any) -> dict[str, Any]:
