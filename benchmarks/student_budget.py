@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of the long run")
     parser.add_argument("--every", type=int, default=250, help="checkpoint every this many steps")
     parser.add_argument("--limit", type=int, default=50, help="held-out problems per evaluation")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=int, default=224)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--backend", choices=("torch", "llama.cpp"), default="torch")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing checkpoints")
