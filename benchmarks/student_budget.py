@@ -67,13 +67,14 @@ def main() -> None:
         save_steps=args.every,
         save_total_limit=0,
     )
-    marks = train_marks(sft, out, args)
+    points = [*range(args.every, args.steps, args.every), args.steps]
+    marks = {} if args.skip_train else train_marks(sft, points, args.steps)
     rows = []
-    for step in sorted(marks):
+    for step in points:
         model = checkpoint_model(out, student, step, args.steps)
         if args.backend == "llama.cpp":
             model = gguf_model(model, out / "gguf" / f"step-{step}")
-        row: dict[str, Any] = {"steps": step, "train_seconds": marks[step]}
+        row: dict[str, Any] = {"steps": step, "train_seconds": marks.get(step)}
         for policy in POLICIES:
             shutil.rmtree(out / "eval" / f"{step}-{policy}", ignore_errors=True)
             summary = evaluate(
@@ -99,19 +100,17 @@ def main() -> None:
     report(rows, out, args)
 
 
-def train_marks(sft: Any, out: Path, args: argparse.Namespace) -> dict[int, float | None]:
-    """Train (checkpoints every `--every` steps); the seconds at which each was reached."""
-    steps = [*range(args.every, args.steps, args.every), args.steps]
-    if args.skip_train:
-        return dict.fromkeys(steps)
-    marks: dict[int, float | None] = {}
+def train_marks(sft: Any, points: list[int], total: int) -> dict[int, float]:
+    """Train, checkpointing at `points`; the seconds at which each was reached (where the
+    progress callback, called at logging steps, saw it)."""
+    marks: dict[int, float] = {}
     start = time.perf_counter()
 
     def progress(step: int, _total: int) -> None:
-        if step in steps:
+        if step in points:
             marks[step] = round(time.perf_counter() - start, 1)
 
-    print(f"training {args.steps} steps (checkpoint every {args.every})", file=sys.stderr)
+    print(f"training {total} steps (checkpoints at {points})", file=sys.stderr)
     train(sft, progress)
     return marks
 
