@@ -1,8 +1,9 @@
 """The main job, `casseat-edge pipeline`: every stage in order on the embedded default, offline.
 
 1. `bench`  - the synthetic benchmark with its train / held-out split;
-2. `model`  - the packaged SmolLM2's tokenizer (the student's too) checked against llama.cpp's on
-              every benchmark text: the student must tokenize exactly as its deployed GGUF does;
+2. `model`  - the packaged SmolLM2's tokenizer (the teacher's; the student's vocabulary is cut
+              from it) checked against llama.cpp's on every benchmark text: the student must
+              tokenize exactly as its deployed GGUF does (each export verifies its own again);
 3. `synth`  - Cas-SEAT data from the procedural teacher on the train split, plus a small slice
               from the real packaged SmolLM2 teacher (llama.cpp), both through DDF; `--ablation`
               adds CoT-only and SEAT data from the same problems;
@@ -48,7 +49,7 @@ class PipelineConfig(StageConfig):
     seed: int = option(7, "seed for the benchmark and every later stage")
     n: int = option(1000, "benchmark size (--fast: at most 120)")
     student: str = option("smolvlm", "the demo student's preset (`student:<preset>`)")
-    train_steps: int = option(0, "student steps on the Cas-SEAT mix (0: 250; --fast: 12)")
+    train_steps: int = option(0, "student steps on the Cas-SEAT mix (0: 400; --fast: 12)")
     real_teacher: str = option(
         "embedded:smollm2-135m-instruct", "the real teacher of the small synthesis slice"
     )
@@ -85,7 +86,7 @@ class PipelineConfig(StageConfig):
         if self.fast:
             return {"steps": self.train_steps or 12, "warmup_steps": 3, "batch_size": 4,
                     "caption_eval": 10}  # fmt: skip
-        return {"steps": self.train_steps or 250, "warmup_steps": 10, "batch_size": 8}
+        return {"steps": self.train_steps or 400, "warmup_steps": 10, "batch_size": 8}
 
     @property
     def held_out_limit(self) -> int:

@@ -98,7 +98,7 @@ def bench_stage(ctx: Context) -> dict[str, Any]:
 
 
 def model_stage(ctx: Context) -> dict[str, Any]:
-    """The packaged SmolLM2's tokenizer is the student's and the real teacher's: check it."""
+    """The packaged SmolLM2's tokenizer is the real teacher's and the student's source: check it."""
     from casseat_edge.models import embedded_gguf, embedded_tokenizer_dir, resolve_model
 
     spec = ctx.config.real_teacher

@@ -62,6 +62,11 @@ _TEXTS = (
 PROMPT_HASH = hashlib.sha256("\n\x00".join((PROMPT_VERSION, *_TEXTS)).encode()).hexdigest()[:16]
 
 
+def instruction_texts() -> tuple[str, ...]:
+    """Every fixed instruction text of the policies (what a domain vocabulary must cover)."""
+    return _TEXTS
+
+
 def answer_hint(problem: dict[str, Any]) -> str:
     """The answer-format hint the math benchmarks use, by answer type and precision."""
     if problem.get("choices"):

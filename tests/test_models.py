@@ -146,6 +146,37 @@ def test_embedded_tokenizer_ids_equal_llama_cpp():
         assert ours.decode(expected) == text
 
 
+def test_subset_tokenizer_keeps_the_ids_of_its_texts_and_still_reads_anything():
+    from transformers import AutoTokenizer
+
+    from casseat_edge.models.tokenizer import subset_tokenizer
+
+    full = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
+    full.add_special_tokens({"additional_special_tokens": ["<image>"]})  # outside the BPE vocab
+    corpus = [
+        "<|im_start|>user\nWhat is the height of the bar Kim? Final answer: 15<|im_end|>",
+        "A bar chart titled 'Books read' with 5 bars: Ben=18, Cal=19, Kim=15.",
+    ]
+    small = subset_tokenizer(full, corpus)
+    assert 256 < len(small) < 400  # the byte alphabet, the specials and what the corpus uses
+    for text in corpus:
+        ids = small(text, add_special_tokens=False).input_ids
+        expected = full(text, add_special_tokens=False).input_ids
+        assert small.convert_ids_to_tokens(ids) == full.convert_ids_to_tokens(expected)
+    for text in TOKENIZER_TEXTS:  # unseen text: smaller pieces, same text back
+        ids = small(text, add_special_tokens=False).input_ids
+        assert small.decode(ids) == text
+        assert len(ids) >= len(full(text, add_special_tokens=False).input_ids)
+    for token in ("<|endoftext|>", "<|im_start|>", "<|im_end|>"):
+        assert small.convert_tokens_to_ids(token) == full.convert_tokens_to_ids(token)
+    assert small.convert_tokens_to_ids("<image>") == len(small) - 1
+    assert small("a<image>b", add_special_tokens=False).input_ids[1] == len(small) - 1
+    assert small.eos_token == full.eos_token and small.pad_token == full.pad_token
+    vocab = small.get_vocab()
+    merges = json.loads(small.backend_tokenizer.to_str())["model"]["merges"]
+    assert all(a in vocab and b in vocab and a + b in vocab for a, b in merges)
+
+
 def test_embedded_model_is_the_real_smollm2():
     loaded = load_model("embedded:smollm2-135m-instruct")
     assert loaded.ref.gguf == embedded_gguf()

@@ -102,6 +102,39 @@ def test_train_student_two_phases_and_a_loadable_captioned_model(data: Path, tmp
         train_student(config)
 
 
+def test_domain_vocabulary_student_tokenizes_like_its_gguf(data: Path, tmp_path: Path):
+    """The default student vocabulary is the SmolLM2 tokens its training texts use: the same
+    tokens on those texts, a fraction of the embedding rows, and llama.cpp reads the exported
+    vocabulary exactly as the HF tokenizer does, on domain text and on anything else."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from export.gguf import GgufExportConfig, export_gguf
+    from tests.test_models import TOKENIZER_TEXTS
+
+    out = tmp_path / "student"
+    config = StudentConfig(
+        data=(str(data / "s"),), out=str(out), steps=2, warmup_steps=0, batch_size=2
+    )
+    summary = train_student(config)
+    full = load_model("student:smolvlm").tokenizer
+    ours = AutoTokenizer.from_pretrained(out)
+    assert summary["vocab_size"] == len(ours) < len(full) / 10
+    manifest = json.loads((out / "casseat.json").read_text())
+    assert manifest["student"]["vocab_size"] == summary["vocab_size"]
+    rows = [json.loads(line) for line in (data / "s" / "samples.jsonl").open()]
+    texts = [rows[0]["messages"][-1]["content"][0]["text"], rows[-1]["caption"]]
+    for text in texts:
+        assert ours.tokenize(text) == full.tokenize(text)
+    export_gguf(GgufExportConfig(model=str(out), out=str(tmp_path / "gguf"), quant="f32"))
+    reference = llama_cpp.Llama(
+        str(tmp_path / "gguf" / "model-f32.gguf"), vocab_only=True, verbose=False
+    )
+    for text in [*texts, *TOKENIZER_TEXTS, "<fake_token_around_image><global-img><image>\n\n"]:
+        expected = reference.tokenize(text.encode(), add_bos=False, special=True)
+        assert ours(text, add_special_tokens=False).input_ids == expected, text
+
+
 class RecordingEngine(TorchEngine):
     """The real torch backend, keeping what its `encode` produced."""
 

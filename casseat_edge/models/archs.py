@@ -31,6 +31,7 @@ class ArchSpec:
     tiny_name: ClassVar[str | None] = None  # the `tiny:<name>` spec that builds one
     aliases: ClassVar[tuple[str, ...]] = ()
     image_text: ClassVar[str | None] = None  # what an image content part becomes in prompt text
+    single_token_texts: ClassVar[tuple[str, ...]] = ()  # llama.cpp needs these as one token each
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

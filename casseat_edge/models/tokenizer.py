@@ -13,6 +13,7 @@ A test checks the ids equal llama.cpp's on math, unicode, whitespace runs and ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,69 @@ class GgufChatTemplate:
             bos_token=self.bos,
             eos_token=self.eos,
         )
+
+
+def subset_tokenizer(tokenizer: Any, texts: Iterable[str]) -> Any:
+    """A smaller byte-level BPE tokenizer that tokenizes `texts` exactly as `tokenizer` does.
+
+    Kept: the special and other added tokens, the 256 byte tokens (so any text still tokenizes, in smaller
+    pieces), every token `tokenizer` gives on `texts`, and the merge parents of those tokens
+    (closed under merging). The merges among kept tokens keep their order, so BPE applies the
+    same merges on these texts and llama.cpp reads the result like any other BPE vocabulary.
+    Ids are renumbered in the original order (special tokens keep their places at the front).
+    A small model trained from scratch on one domain gains most: its embedding and output layer
+    shrink from the full vocabulary to the few thousand tokens the domain uses.
+    """
+    import json
+
+    from tokenizers import Tokenizer
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec["model"]["type"] != "BPE":
+        raise ModelSpecError(f"tokenizer model {spec['model']['type']!r}: only BPE can be subset")
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    merges = [
+        tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]
+    ]
+    parents = {}
+    for a, b in merges:
+        parents.setdefault(a + b, (a, b))
+    specials = {t["content"] for t in spec["added_tokens"]}
+    keep = set(ByteLevel.alphabet()) | {t for t in specials if t in vocab}
+    stack = [
+        tokenizer.convert_ids_to_tokens(i)
+        for text in texts
+        for i in tokenizer(text, add_special_tokens=False)["input_ids"]
+    ]
+    while stack:
+        token = stack.pop()
+        if token in keep:
+            continue
+        keep.add(token)
+        stack.extend(parents.get(token, ()))
+    ordered = sorted(keep, key=lambda t: vocab.get(t, len(vocab)))
+    new_vocab = {t: i for i, t in enumerate(ordered)}
+    spec["model"]["vocab"] = new_vocab
+    spec["model"]["merges"] = [
+        [a, b] for a, b in merges if a in keep and b in keep and a + b in keep
+    ]
+    # added tokens outside the BPE vocabulary (e.g. a processor's image markup) follow it
+    added = sorted(spec["added_tokens"], key=lambda t: t["id"])
+    outside = [t["content"] for t in added if t["content"] not in new_vocab]
+    ids = {**new_vocab, **{t: len(new_vocab) + i for i, t in enumerate(outside)}}
+    spec["added_tokens"] = [{**t, "id": ids[t["content"]]} for t in added]
+    backend = Tokenizer.from_str(json.dumps(spec))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=tokenizer.bos_token,
+        eos_token=tokenizer.eos_token,
+        unk_token=tokenizer.unk_token,
+        pad_token=tokenizer.pad_token,
+        additional_special_tokens=list(tokenizer.additional_special_tokens),
+        chat_template=tokenizer.chat_template,
+        model_input_names=list(tokenizer.model_input_names),
+        clean_up_tokenization_spaces=False,
+        model_max_length=tokenizer.model_max_length,
+    )

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from casseat_edge.artifacts import (
     MANIFEST,
@@ -62,6 +62,11 @@ class StudentConfig(StageConfig):
     caption_eval: int = option(
         40, "held-out images on which to measure the warm-up's caption token accuracy (0: skip)"
     )
+    vocab: Literal["domain", "full"] = option(
+        "domain",
+        "'domain': only the SmolLM2 tokens the training texts use (about 1.3k of 49k; those "
+        "texts keep their tokens): a 40x smaller embedding and output layer; 'full': all 49k",
+    )
     bf16: bool = option(True, "bfloat16 autocast (float32 master weights): ~1.5-2x on AVX512-BF16")
     group_by_length: bool = option(
         False,
@@ -77,6 +82,8 @@ class StudentConfig(StageConfig):
             raise ConfigError("--data: required; pass the directory `casseat-edge synth` wrote")
         if self.warmup_steps and not self.bench:
             raise ConfigError("--bench: required for the reading warm-up (or --warmup-steps 0)")
+        if self.vocab not in ("domain", "full"):
+            raise ConfigError(f"--vocab: expected 'domain' or 'full', got {self.vocab!r}")
         if self.steps < 1 or self.warmup_steps < 0 or self.batch_size < 1 or self.caption_eval < 0:
             raise ConfigError(
                 "--steps and --batch-size must be >= 1, --warmup-steps and --caption-eval >= 0"
@@ -100,10 +107,15 @@ def train_student(config: StudentConfig, progress: Progress | None = None) -> di
     resolve_model(config.base)  # a bad preset fails before any data is written
     start = time.perf_counter()
     summary: dict[str, Any] = {"preset": config.preset, "base": config.base}
-    base = config.base
-    total = config.warmup_steps + config.steps
+    data = merge_samples(config.data, config.work / "mix-data")
     if config.warmup_steps:
         warm_data = write_warmup_samples(config.bench, config.work / "warmup-data", config.seed)
+    base = config.base
+    if config.vocab == "domain":
+        base = str(domain_student(config, data))
+        summary["vocab_size"] = _vocab_size(base)
+    total = config.warmup_steps + config.steps
+    if config.warmup_steps:
         warm = phase_config(config, warm_data, base, config.work / "warmup", warmup=True)
         warm_summary = train(warm, _offset(progress, 0, total))
         summary["warmup"] = _phase(warm_summary)
@@ -112,7 +124,6 @@ def train_student(config: StudentConfig, progress: Progress | None = None) -> di
                 warm.out, config.bench, split="test", limit=config.caption_eval
             )
         base = warm.out
-    data = merge_samples(config.data, config.work / "mix-data")
     main = phase_config(config, data, base, Path(config.out), warmup=False)
     summary["mix"] = _phase(train(main, _offset(progress, config.warmup_steps, total)))
     summary.update(out=config.out, seconds=round(time.perf_counter() - start, 2))
@@ -171,6 +182,44 @@ def _check_out(config: StudentConfig) -> None:
     for path in (out, config.work):
         if path.exists():
             shutil.rmtree(path)
+
+
+def domain_student(config: StudentConfig, data: Path) -> Path:
+    """The untrained student over the domain vocabulary of its training texts, in `<work>/init`:
+    the preset's tokenizer subset (`subset_tokenizer`) to the tokens the mix and the warm-up
+    captions use, rendered exactly as training renders them, plus every prompt of the cascade
+    policies. Other text still tokenizes (in smaller pieces: the byte tokens stay)."""
+    from casseat_edge import prompts
+    from casseat_edge.models import resolve_model
+    from casseat_edge.models.idefics3 import Idefics3Arch
+    from casseat_edge.models.tokenizer import subset_tokenizer
+    from casseat_edge.preprocess import add_caption, processor_tokenizer, render_prompt
+    from training.sft.data import load_samples
+
+    ref = resolve_model(config.base)
+    processor = ref.arch.load_processor(ref.path)
+    texts = [  # as SFT renders the mix: caption-augmented (`phase_config`)
+        render_prompt(processor, ref.arch, add_caption(s.messages, s.caption), s.caption, False)
+        for s in load_samples(data)
+    ]
+    texts += [*_warmup_captions(config), *prompts.instruction_texts()]
+    texts += ref.arch.single_token_texts
+    tokenizer = subset_tokenizer(processor_tokenizer(processor), texts)
+    tokenizer.save_pretrained(config.work / "vocab")
+    init = config.work / "init"
+    Idefics3Arch.build_student(init, config.work / "vocab", config.seed, config.preset)
+    return init
+
+
+def _warmup_captions(config: StudentConfig) -> list[str]:
+    path = config.work / "warmup-data" / SAMPLES_FILE
+    return [row["caption"] for _, row in read_jsonl(path)] if config.warmup_steps else []
+
+
+def _vocab_size(model: str | Path) -> int:
+    import json
+
+    return json.loads((Path(model) / "config.json").read_text())["text_config"]["vocab_size"]
 
 
 # --- data ----------------------------------------------------------------------------------------
