@@ -87,36 +87,71 @@ def _save(plt: Any, fig: Any, path: Path) -> None:
 
 
 def plot_tradeoff(runs: list[dict[str, Any]], path: Path) -> None:
-    plt, fig, ax = _figure()
+    """Accuracy vs median latency. Runs cluster (one model, several backends), so each marker
+    carries a number and the key beside the axes names it; colour is the backend, the shape the
+    policy, a black ring marks the Pareto front."""
+    plt, fig, ax = _figure(width=9.5)
+    front = pareto_front(runs)
+    order = sorted(range(len(runs)), key=lambda i: (latency_p50(runs[i]), -runs[i]["accuracy"]))
+    number = {i: n + 1 for n, i in enumerate(order)}
     sizes = [max(float(r.get("model_bytes") or 0), 1.0) for r in runs]
     scale = 900 / max(sizes)
-    for run, size in zip(runs, sizes):
-        ax.scatter(latency_p50(run), run["accuracy"] * 100, s=max(30, size * scale), alpha=0.55)
+    colours = _palette(sorted({str(r.get("backend", "?")) for r in runs}))
+    shapes = dict(zip(sorted({str(r.get("policy", "?")) for r in runs}), "osD^vP*X"))
+    xmax = max(1.0, *(latency_p50(r) for r in runs))
+    spots: dict[tuple[int, float], list[int]] = {}  # near-coincident runs share one label
+    for i in order:
+        run, x, y = runs[i], latency_p50(runs[i]), runs[i]["accuracy"] * 100
+        ax.scatter(
+            x,
+            y,
+            s=max(30, sizes[i] * scale),
+            alpha=0.55,
+            color=colours[str(run.get("backend", "?"))],
+            marker=shapes[str(run.get("policy", "?"))],
+            edgecolors="black" if i in front else "none",
+            linewidths=1.5,
+        )
+        spots.setdefault((round(40 * x / xmax), round(y, 1)), []).append(i)
+    for members in spots.values():
+        first = runs[members[0]]
         ax.annotate(
-            run["label"],
-            (latency_p50(run), run["accuracy"] * 100),
+            ",".join(str(number[i]) for i in members),
+            (latency_p50(first), first["accuracy"] * 100),
             fontsize=7,
-            xytext=(4, 4),
+            xytext=(5, 5),
             textcoords="offset points",
         )
-    front = [runs[i] for i in pareto_front(runs)]
     ax.step(
-        [latency_p50(r) for r in front],
-        [r["accuracy"] * 100 for r in front],
+        [latency_p50(runs[i]) for i in front],
+        [runs[i]["accuracy"] * 100 for i in front],
         where="post",
         color="black",
         linewidth=1,
-        label="Pareto front",
+        label="Pareto front (ringed)",
     )
+    for name, colour in colours.items():
+        ax.scatter([], [], color=colour, alpha=0.55, label=name)
+    for name, shape in shapes.items():
+        ax.scatter([], [], color="grey", marker=shape, alpha=0.55, label=name)
+    key = "\n".join(f"{number[i]:>2} {runs[i]['label']}" for i in order)
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, fontsize=7, family="monospace", va="top")
     ax.set(
         xlabel="median latency per problem (ms)",
         ylabel="accuracy (%, rule-extracted)",
         title="Accuracy vs latency (marker area = model bytes)",
     )
-    ax.margins(x=0.2, y=0.15)  # room for the labels of the outermost runs
-    ax.legend(loc="best", fontsize=8)
+    ax.margins(x=0.15, y=0.15)
+    ax.legend(loc="best", fontsize=7)
     ax.grid(alpha=0.3)
     _save(plt, fig, path)
+
+
+def _palette(names: list[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cycle = matplotlib.colormaps["tab10"].colors
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
 
 
 def plot_stage_latency(runs: list[dict[str, Any]], path: Path) -> None:

@@ -98,7 +98,7 @@ class StudentSize:
 
 # 12.2M parameters, 9.4M of them the tied 49k-token embedding / output layer, which dominates a
 # training step at this width (hence training/sft/loss.py); `train_student` therefore rebuilds it
-# over the ~1.3k SmolLM2 tokens its training texts use (3.1M parameters, 2x faster steps).
+# over the ~1.3k SmolLM2 tokens its training texts use (3.0M parameters, 2x faster steps).
 # 64-px images give 4 image tokens.
 STUDENT_PRESETS: dict[str, StudentSize] = {
     "smolvlm": StudentSize(
