@@ -146,7 +146,7 @@ def test_embedded_tokenizer_ids_equal_llama_cpp():
         assert ours.decode(expected) == text
 
 
-def test_subset_tokenizer_keeps_the_ids_of_its_texts_and_still_reads_anything():
+def test_subset_tokenizer_keeps_its_texts_tokens_and_still_reads_anything():
     from transformers import AutoTokenizer
 
     from casseat_edge.models.tokenizer import subset_tokenizer

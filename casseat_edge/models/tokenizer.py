@@ -9,6 +9,8 @@ A test checks the ids equal llama.cpp's on math, unicode, whitespace runs and ch
     tok = tokenizer_from_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
 
 `GgufChatTemplate` renders a GGUF's own chat template (for the llama.cpp teacher and backend).
+`subset_tokenizer` cuts a BPE tokenizer down to the tokens a corpus uses (the demo student's
+domain vocabulary), keeping those texts' tokens and llama.cpp compatibility.
 """
 
 from __future__ import annotations
@@ -109,11 +111,12 @@ class GgufChatTemplate:
 def subset_tokenizer(tokenizer: Any, texts: Iterable[str]) -> Any:
     """A smaller byte-level BPE tokenizer that tokenizes `texts` exactly as `tokenizer` does.
 
-    Kept: the special and other added tokens, the 256 byte tokens (so any text still tokenizes, in smaller
-    pieces), every token `tokenizer` gives on `texts`, and the merge parents of those tokens
-    (closed under merging). The merges among kept tokens keep their order, so BPE applies the
+    Kept: the special and other added tokens, the 256 byte tokens (so any text still tokenizes,
+    in smaller pieces), every token `tokenizer` gives on `texts`, and the merge parents of those
+    tokens (closed under merging). The merges among kept tokens keep their order, so BPE applies the
     same merges on these texts and llama.cpp reads the result like any other BPE vocabulary.
-    Ids are renumbered in the original order (special tokens keep their places at the front).
+    Ids are renumbered in the original order (special tokens keep their places at the front;
+    added tokens outside the BPE vocabulary come last).
     A small model trained from scratch on one domain gains most: its embedding and output layer
     shrink from the full vocabulary to the few thousand tokens the domain uses.
     """

@@ -1,6 +1,9 @@
 """The embedded demo student: `student:smolvlm` trained from scratch on CPU in minutes.
 
-Two phases, each an ordinary `training.sft.train` run (full fine-tuning, vision tower trained):
+The preset is first rebuilt over a domain vocabulary (`vocab="domain"`, the default): only the
+SmolLM2 tokens the training texts use (`casseat_edge.models.tokenizer.subset_tokenizer`), which
+shrinks the 49k-row embedding and output layer that dominated a step by 40x. Then two phases,
+each an ordinary `training.sft.train` run (full fine-tuning, vision tower trained):
 
 1. reading warm-up: image -> its caption, on the benchmark's train split (the prompt has the image
    and `WARMUP_PROMPT` only), so the vision path learns what it can from pixels;
