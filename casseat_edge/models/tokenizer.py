@@ -113,8 +113,8 @@ def subset_tokenizer(tokenizer: Any, texts: Iterable[str]) -> Any:
 
     Kept: the special and other added tokens, the 256 byte tokens (so any text still tokenizes,
     in smaller pieces), every token `tokenizer` gives on `texts`, and the merge parents of those
-    tokens (closed under merging). The merges among kept tokens keep their order, so BPE applies the
-    same merges on these texts and llama.cpp reads the result like any other BPE vocabulary.
+    tokens (closed under merging). The merges among kept tokens keep their order, so BPE applies
+    the same merges on these texts and llama.cpp reads the result like any other BPE vocabulary.
     Ids are renumbered in the original order (special tokens keep their places at the front;
     added tokens outside the BPE vocabulary come last).
     A small model trained from scratch on one domain gains most: its embedding and output layer
