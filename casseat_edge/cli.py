@@ -652,8 +652,9 @@ def pipeline(ctx: click.Context, config_file: str | None, as_json: bool, **param
     """The main job: every stage in order on the embedded default, fully offline.
 
     bench -> model (tokenizer check) -> synth (procedural + a real SmolLM2 slice) -> train the
-    demo student -> export (GGUF, ONNX, bitsandbytes; each verified) -> eval (every backend x
-    quant x policy on the held-out split) -> report (OUT/report/report.html, tradeoff.png).
+    student (pretrained SmolLM2-135M with a small vision tower, LoRA) -> export (GGUF, ONNX,
+    bitsandbytes; each verified) -> eval (the --evaluate artifacts x policies on the held-out
+    split) -> report (OUT/report/report.html, tradeoff.png).
     Re-running skips stages whose inputs are unchanged; after Ctrl-C it continues where it
     stopped. Writes OUT/pipeline.json. Exit 3 when an export failed verification (the report is
     still written).

@@ -7,11 +7,14 @@
 3. `synth`  - Cas-SEAT data from the procedural teacher on the train split, plus a small slice
               from the real packaged SmolLM2 teacher (llama.cpp), both through DDF; `--ablation`
               adds CoT-only and SEAT data from the same problems;
-4. `train`  - the demo student trained on the Cas-SEAT mix (and, with `--ablation`, a CoT-only
-              and a SEAT student with the same budget);
-5. `export` - GGUF (text + mmproj) per llama.cpp type, ONNX (split layout) per type, and a
-              bitsandbytes checkpoint, each verified against the trained student;
-6. `eval`   - every backend x quant with each policy on the held-out split;
+4. `train`  - the student (`--student`: the pretrained `smollm2` preset with LoRA, or `scratch`)
+              trained on the Cas-SEAT mix (and, with `--ablation`, a CoT-only and a SEAT student
+              of the same family with the same budget);
+5. `export` - GGUF (text + mmproj) per llama.cpp type, ONNX (split layout) per type, and
+              bitsandbytes checkpoints, each verified against the trained student (an ablation
+              student exports only the headline artifact, the first of `--evaluate`);
+6. `eval`   - the `--evaluate` artifacts with each policy on the held-out split (torch, the
+              slowest backend, on fewer problems); ablation students with cot, cas-seat, seat;
 7. `report` - the latency/accuracy tradeoff report over every evaluation.
 
 Every stage writes its own directory under `out/`; `out/.stamps/<stage>.json` records the stage's
@@ -35,6 +38,13 @@ from casseat_edge.errors import ConfigError, ParityError
 
 STAGES = ("bench", "model", "synth", "train", "export", "eval", "report")
 STUDENTS = {"cas-seat": "cas-seat", "cot": "cot-only", "seat": "seat"}
+# --student: its `student:<preset>`, and its mix budget (steps, batch size; --fast steps)
+STUDENT_KINDS = {"smollm2": "smollm2", "scratch": "smolvlm"}
+BUDGETS = {
+    "smollm2": {"steps": 100, "fast_steps": 3, "warmup_steps": 0},
+    "scratch": {"steps": 400, "fast_steps": 12, "warmup_steps": 10},
+}
+EVALUATE = ("llama.cpp/q8_0", "llama.cpp/q4_k_m", "onnxruntime/int8", "torch/fp32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,18 +58,37 @@ class PipelineConfig(StageConfig):
     )
     seed: int = option(7, "seed for the benchmark and every later stage")
     n: int = option(1000, "benchmark size (--fast: at most 120)")
-    student: str = option("smolvlm", "the demo student's preset (`student:<preset>`)")
-    train_steps: int = option(0, "student steps on the Cas-SEAT mix (0: 400; --fast: 12)")
+    student: str = option(
+        "smollm2",
+        "the student: 'smollm2' (SmolVLM's text model, the packaged SmolLM2-135M-Instruct, with "
+        "a small vision tower; LoRA on its top layers) or 'scratch' (a 3M-parameter Idefics3 "
+        "trained from scratch over a domain vocabulary)",
+    )
+    train_steps: int = option(
+        0, "student steps on the Cas-SEAT mix (0: smollm2 100, scratch 400; --fast: 3 / 12)"
+    )
     real_teacher: str = option(
         "embedded:smollm2-135m-instruct", "the real teacher of the small synthesis slice"
     )
     real_teacher_problems: int = option(10, "problems for the real-teacher slice (--fast: 3)")
-    gguf_quants: tuple[str, ...] = option(("f16", "q8_0", "q4_k_m"), "GGUF text-model types")
-    onnx_quants: tuple[str, ...] = option(("fp32", "int8", "int4"), "ONNX variants")
-    bnb_methods: tuple[str, ...] = option(("bnb-nf4",), "bitsandbytes checkpoints (torch backend)")
+    gguf_quants: tuple[str, ...] = option(("q8_0", "q4_k_m"), "GGUF text-model types")
+    onnx_quants: tuple[str, ...] = option(
+        ("fp32", "int8"), "ONNX variants (one directory; empty: no ONNX export)"
+    )
+    bnb_methods: tuple[str, ...] = option((), "bitsandbytes checkpoints (torch backend)")
+    evaluate: tuple[str, ...] = option(
+        EVALUATE,
+        "artifacts evaluated, as backend/quant (each must be exported: torch/fp32 is the "
+        "trained student itself); the first is the headline",
+    )
     policies: tuple[str, ...] = option(("cot", "cas-seat"), "cascade policies evaluated")
     eval_limit: int = option(
-        0, "held-out problems per evaluation (0: 40; --fast: 10; -1: all of them)"
+        0, "held-out problems per evaluation (0: 100; --fast: 10; -1: all of them)"
+    )
+    torch_eval_limit: int = option(
+        0,
+        "held-out problems per torch evaluation, the slowest backend (0: 20; --fast: 5; "
+        "-1: as --eval-limit)",
     )
     max_new_tokens: int = option(
         0,
@@ -73,26 +102,60 @@ class PipelineConfig(StageConfig):
     def __post_init__(self) -> None:
         if self.n < 10:
             raise ConfigError(f"--n: {self.n} is too small for a train/held-out split; use >= 10")
-        if self.eval_limit < -1 or self.max_new_tokens < 0 or self.train_steps < 0:
-            raise ConfigError("--max-new-tokens and --train-steps must be >= 0, --eval-limit >= -1")
+        if min(self.eval_limit, self.torch_eval_limit) < -1:
+            raise ConfigError("--eval-limit and --torch-eval-limit: must be >= -1")
+        if self.max_new_tokens < 0 or self.train_steps < 0:
+            raise ConfigError("--max-new-tokens and --train-steps: must be >= 0")
+        if self.student not in STUDENT_KINDS:
+            raise ConfigError(
+                f"--student: expected one of {', '.join(STUDENT_KINDS)}, got {self.student!r}"
+            )
+        if not self.evaluate:
+            raise ConfigError("--evaluate: name at least one backend/quant, e.g. llama.cpp/q8_0")
+        exported = self.exported
+        for item in self.evaluate:
+            if item not in exported:
+                raise ConfigError(
+                    f"--evaluate: {item!r} is not exported by this run; choose from "
+                    f"{', '.join(exported)} (or add its type to --gguf-quants/--onnx-quants)"
+                )
+
+    @property
+    def exported(self) -> list[str]:
+        """Every artifact of the run as backend/quant (torch/fp32: the trained student)."""
+        return [
+            "torch/fp32",
+            *(f"llama.cpp/{q}" for q in self.gguf_quants),
+            *(f"onnxruntime/{q}" for q in self.onnx_quants),
+            *(f"torch/{m}" for m in self.bnb_methods),
+        ]
 
     @property
     def bench_size(self) -> int:
         return min(self.n, 120) if self.fast else self.n
 
     @property
-    def student_budget(self) -> dict[str, int]:
-        """Overrides of the student's training budget (the same for every ablation student)."""
-        if self.fast:
-            return {"steps": self.train_steps or 12, "warmup_steps": 3, "batch_size": 4,
-                    "caption_eval": 10}  # fmt: skip
-        return {"steps": self.train_steps or 400, "warmup_steps": 10, "batch_size": 8}
+    def preset(self) -> str:
+        return STUDENT_KINDS[self.student]
 
     @property
-    def held_out_limit(self) -> int:
-        if self.eval_limit < 0:
-            return 0  # evaluate() reads 0 as "all"
-        return self.eval_limit or (10 if self.fast else 40)
+    def student_budget(self) -> dict[str, int]:
+        """Overrides of the student's recipe (the same for every ablation student)."""
+        budget = BUDGETS[self.student]
+        if self.fast:
+            return {"steps": self.train_steps or budget["fast_steps"],
+                    "warmup_steps": min(budget["warmup_steps"], 3), "batch_size": 4,
+                    "caption_eval": 10}  # fmt: skip
+        return {"steps": self.train_steps or budget["steps"],
+                "warmup_steps": budget["warmup_steps"], "batch_size": 8}  # fmt: skip
+
+    def held_out_limit(self, backend: str) -> int:
+        """Held-out problems per evaluation on `backend` (0: all)."""
+        limit = 0 if self.eval_limit < 0 else self.eval_limit or (10 if self.fast else 100)
+        if backend != "torch" or self.torch_eval_limit < 0:
+            return limit  # evaluate() reads 0 as "all"
+        torch = self.torch_eval_limit or (5 if self.fast else 20)
+        return min(torch, limit) if limit else torch
 
     @property
     def generation_budget(self) -> int:

@@ -23,16 +23,22 @@ from casseat_edge.pipeline import STUDENTS, Log, PipelineConfig, Progress
 
 STAMPS = ".stamps"
 MAIN_STUDENT = "cas-seat"
+ABLATION_POLICIES = ("cot", "cas-seat", "seat")
 
 
 @dataclasses.dataclass
 class Artifact:
-    """One deployable form of the main student, evaluated with every policy."""
+    """One deployable form of a student (the main one: evaluated with every policy)."""
 
+    student: str  # a key of STUDENTS
     backend: str
     quant: str
     model: str  # a model spec the backend loads
     source: Path  # the file or directory whose hash stands for it
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.quant}"
 
 
 @dataclasses.dataclass
@@ -63,13 +69,17 @@ class Context:
         return result, "resumed" if resume else "done"
 
     def headline(self) -> dict[str, Any]:
-        """Held-out accuracy of the main student per policy on the reference (torch fp32) run."""
-        accuracy = {}
+        """Held-out accuracy of the main student per policy on the headline artifact (the first
+        of --evaluate)."""
+        label = self.config.evaluate[0]
+        backend, quant = label.split("/", 1)
+        accuracy, n = {}, None
         for policy in self.config.policies:
-            run = self.runs.get(_run_name(MAIN_STUDENT, "torch", "fp32", policy))
+            run = self.runs.get(_run_name(MAIN_STUDENT, backend, quant, policy))
             if run and (run / "summary.json").is_file():
-                accuracy[policy] = json.loads((run / "summary.json").read_text())["accuracy"]
-        headline: dict[str, Any] = {"reference": "torch/fp32", "accuracy": accuracy}
+                summary = json.loads((run / "summary.json").read_text())
+                accuracy[policy], n = summary["accuracy"], summary["n"]
+        headline: dict[str, Any] = {"reference": label, "n": n, "accuracy": accuracy}
         if "cot" in accuracy and "cas-seat" in accuracy:
             headline["cas_seat_minus_cot_points"] = round(
                 100 * (accuracy["cas-seat"] - accuracy["cot"]), 1
@@ -161,11 +171,11 @@ def train_stage(ctx: Context) -> dict[str, Any]:
     for name in _students(config):
         path = ctx.out / ("student" if name == MAIN_STUDENT else f"student-{STUDENTS[name]}")
         data = [_synth_dir(ctx, name)] + ([ctx.out / "synth-real"] if name == MAIN_STUDENT else [])
-        student = StudentConfig(
+        student = StudentConfig.for_preset(
+            config.preset,
             data=tuple(str(d) for d in data),
             bench=str(ctx.out / "bench"),
             out=str(path),
-            preset=config.student,
             seed=config.seed,
             **config.student_budget,
             overwrite=True,
@@ -196,36 +206,52 @@ def train_stage(ctx: Context) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ export
 def export_stage(ctx: Context) -> dict[str, Any]:
+    """Every export of the main student; an ablation student gets the headline artifact only
+    (the one its policies are compared on)."""
+    config = ctx.config
+    result = _export_student(ctx, MAIN_STUDENT, config.exported)
+    for name in ctx.students:
+        if name != MAIN_STUDENT:
+            result.update(_export_student(ctx, name, [config.evaluate[0]]))
+    return result
+
+
+def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any]:
     from casseat_edge.registry import EXPORTERS
     from quantize import QuantizeConfig, quantize
 
-    config, student = ctx.config, ctx.students[MAIN_STUDENT]
+    student = ctx.students[name]
     weights = {"student": _weights_hash(student)}
-    ctx.artifacts.append(Artifact("torch", "fp32", str(student), student))
+    root = ctx.out / "export" / ("" if name == MAIN_STUDENT else f"{STUDENTS[name]}-student")
+    prefix = "" if name == MAIN_STUDENT else f"{STUDENTS[name]}-student-"
+    wanted = {tuple(label.split("/", 1)) for label in labels}
     result: dict[str, Any] = {}
+    if ("torch", "fp32") in wanted:
+        ctx.artifacts.append(Artifact(name, "torch", "fp32", str(student), student))
     gguf = EXPORTERS.get("gguf")
-    for quant in config.gguf_quants:
-        path = ctx.out / "export" / f"gguf-{quant}"
+    for quant in (q for b, q in sorted(wanted) if b == "llama.cpp"):
+        path, key = root / f"gguf-{quant}", f"{prefix}gguf-{quant}"
         cfg = gguf.config_class(model=str(student), out=str(path), quant=quant, overwrite=True)
-        summary = _export(ctx, f"gguf-{quant}", path, cfg, weights, lambda c: gguf.export(c))
+        summary = _export(ctx, key, path, cfg, weights, lambda c: gguf.export(c))
         text = next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
-        ctx.artifacts.append(Artifact("llama.cpp", quant, str(path / text), path))
-        result[f"gguf-{quant}"] = _export_rows(f"gguf-{quant}", summary)
-    if config.onnx_quants:  # one directory holds every variant; the backend picks one
-        onnx, path = EXPORTERS.get("onnx"), ctx.out / "export" / "onnx"
+        ctx.artifacts.append(Artifact(name, "llama.cpp", quant, str(path / text), path))
+        result[key] = _export_rows(key, summary)
+    onnx_quants = tuple(q for b, q in sorted(wanted) if b == "onnxruntime")
+    if onnx_quants:  # one directory holds every variant; the backend picks one
+        onnx, path, key = EXPORTERS.get("onnx"), root / "onnx", f"{prefix}onnx"
         cfg = onnx.config_class(
-            model=str(student), out=str(path), quant=config.onnx_quants, overwrite=True
+            model=str(student), out=str(path), quant=onnx_quants, overwrite=True
         )
-        summary = _export(ctx, "onnx", path, cfg, weights, lambda c: onnx.export(c))
-        for quant in config.onnx_quants:
-            ctx.artifacts.append(Artifact("onnxruntime", quant, str(path), path))
-        result["onnx"] = _export_rows("onnx", summary)
-    for method in config.bnb_methods:
-        path = ctx.out / "export" / method
+        summary = _export(ctx, key, path, cfg, weights, lambda c: onnx.export(c))
+        for quant in onnx_quants:
+            ctx.artifacts.append(Artifact(name, "onnxruntime", quant, str(path), path))
+        result[key] = _export_rows(key, summary)
+    for method in (q for b, q in sorted(wanted) if b == "torch" and q != "fp32"):
+        path, key = root / method, f"{prefix}{method}"
         cfg = QuantizeConfig(model=str(student), method=method, out=str(path), overwrite=True)
-        summary = _export(ctx, method, path, cfg, weights, quantize)
-        ctx.artifacts.append(Artifact("torch", method, str(path), path))
-        result[method] = _export_rows(method, summary)
+        summary = _export(ctx, key, path, cfg, weights, quantize)
+        ctx.artifacts.append(Artifact(name, "torch", method, str(path), path))
+        result[key] = _export_rows(key, summary)
     return result
 
 
@@ -291,6 +317,7 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, art, policy in _evaluations(ctx):
         run = _run_name(name, art.backend, art.quant, policy)
+        limit = config.held_out_limit(art.backend)
         path = ctx.out / "eval" / run
         eval_config = EvalConfig(
             model=art.model,
@@ -298,7 +325,7 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
             out=str(path),
             backend=art.backend,
             policy=policy,
-            limit=config.held_out_limit,
+            limit=limit,
             max_new_tokens=config.generation_budget,
             quant=art.quant,
             name=f"{STUDENTS[name]} student",
@@ -329,9 +356,9 @@ def report_stage(ctx: Context) -> dict[str, Any]:
     inputs = {str(p): sha256_file(p / "summary.json") for p in runs}
     sections = {"Exports (verified against the trained student)": _parity_table(ctx.parity)}
     if ctx.config.ablation:
-        sections["Ablation: students with the same budget (torch fp32, held-out)"] = (
-            _ablation_table(ctx)
-        )
+        sections[
+            f"Ablation: students with the same budget ({ctx.config.evaluate[0]}, held-out)"
+        ] = _ablation_table(ctx)
 
     def work(resume: bool) -> dict[str, Any]:
         document = write_report(runs, ctx.out / "report", sections=sections)
@@ -344,12 +371,13 @@ def report_stage(ctx: Context) -> dict[str, Any]:
 
 
 def _ablation_table(ctx: Context) -> str:
-    policies = ("cot", "cas-seat", "seat")
+    policies = ABLATION_POLICIES
+    backend, quant = ctx.config.evaluate[0].split("/", 1)
     lines = ["| student | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]
     for name in ctx.students:
         cells = []
         for policy in policies:
-            path = ctx.runs.get(_run_name(name, "torch", "fp32", policy))
+            path = ctx.runs.get(_run_name(name, backend, quant, policy))
             summary = json.loads((path / "summary.json").read_text()) if path else None
             cells.append(f"{summary['accuracy']:.3f}" if summary else "")
         lines.append(f"| {STUDENTS[name]} | " + " | ".join(cells) + " |")
@@ -383,15 +411,17 @@ STAGE_FUNCTIONS = {
 
 # ------------------------------------------------------------------ helpers
 def _evaluations(ctx: Context) -> list[tuple[str, Artifact, str]]:
-    """The main student's every artifact x policy; with --ablation, each student on torch fp32
-    with cot, cas-seat and seat."""
-    plan = [(MAIN_STUDENT, art, p) for art in ctx.artifacts for p in ctx.config.policies]
-    if ctx.config.ablation:
-        for name, path in ctx.students.items():
-            art = Artifact("torch", "fp32", str(path), path)
-            plan += [(name, art, p) for p in ("cot", "cas-seat", "seat")
-                     if (name, "torch", "fp32", p) not in {(n, a.backend, a.quant, q)
-                                                           for n, a, q in plan}]  # fmt: skip
+    """The main student's artifacts named by --evaluate x --policies; with --ablation, every
+    student's headline artifact (the first of --evaluate) with cot, cas-seat and seat."""
+    config = ctx.config
+    plan = [(a.student, a, p) for a in ctx.artifacts if a.student == MAIN_STUDENT
+            and a.label in config.evaluate for p in config.policies]  # fmt: skip
+    if config.ablation:
+        done = {(n, a.label, p) for n, a, p in plan}
+        for art in ctx.artifacts:
+            if art.label == config.evaluate[0]:
+                plan += [(art.student, art, p) for p in ABLATION_POLICIES
+                         if (art.student, art.label, p) not in done]  # fmt: skip
     return plan
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from casseat_edge.errors import ConfigError
 from casseat_edge.pipeline import PipelineConfig
 from casseat_edge.pipeline_stages import Context
 
@@ -51,10 +52,15 @@ def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
     backends = {"torch", "llama.cpp", "onnxruntime"}
     assert {label.split("/")[0] for label in labels} == backends
     assert {label.split("/")[-1] for label in labels} == set(config.policies)
-    assert len(labels) == 2 * (1 + len(config.gguf_quants) + len(config.onnx_quants) + 1)
+    assert len(labels) == len(config.policies) * len(config.evaluate)
     for run in document["runs"]:
-        assert run["n"] == config.held_out_limit and 0.0 <= run["accuracy"] <= 1.0
-    assert set(summary["headline"]["accuracy"]) == {"cot", "cas-seat"}
+        backend = run["label"].split("/")[0]
+        assert run["n"] == config.held_out_limit(backend) and 0.0 <= run["accuracy"] <= 1.0
+    headline = summary["headline"]
+    assert headline["reference"] == config.evaluate[0] and headline["n"] == 10
+    assert set(headline["accuracy"]) == {"cot", "cas-seat"}
+    assert set(summary["stages"]["export"]) == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
+    assert summary["stages"]["train"]["cas-seat"]["steps"] == 3
     assert "Exports" in (report / "report.md").read_text()
 
 
@@ -66,9 +72,27 @@ def test_rerun_skips_every_unchanged_stage(fast_run):
     assert again["stages"]["train"]["cas-seat"]["status"] == "skipped"
     assert again["stages"]["eval"]["status"] == "skipped"
     runs = [row for row in again["stages"]["eval"].values() if isinstance(row, dict)]
-    assert len(runs) == 16 and {row["status"] for row in runs} == {"skipped"}
+    evaluations = len(PipelineConfig().evaluate) * len(PipelineConfig().policies)
+    assert len(runs) == evaluations and {row["status"] for row in runs} == {"skipped"}
     assert again["stages"]["report"]["status"] == "skipped"
     assert again["seconds"] < 60
+
+
+def test_config_limits_students_and_evaluations():
+    config = PipelineConfig()
+    assert (config.held_out_limit("llama.cpp"), config.held_out_limit("torch")) == (100, 20)
+    assert PipelineConfig(eval_limit=10).held_out_limit("torch") == 10
+    assert PipelineConfig(eval_limit=-1, torch_eval_limit=-1).held_out_limit("torch") == 0
+    assert PipelineConfig(fast=True).student_budget["steps"] == 3
+    assert PipelineConfig(student="scratch").student_budget["steps"] == 400
+    assert config.preset == "smollm2" and PipelineConfig(student="scratch").preset == "smolvlm"
+    with pytest.raises(ConfigError, match="--student"):
+        PipelineConfig(student="huge")
+    with pytest.raises(ConfigError, match="--evaluate.*llama.cpp/f16.*not exported"):
+        PipelineConfig(evaluate=("llama.cpp/f16",))
+    assert PipelineConfig(gguf_quants=("f16",), evaluate=("llama.cpp/f16",)).exported[1] == (
+        "llama.cpp/f16"
+    )
 
 
 def test_a_stage_stopped_midway_resumes_and_a_changed_one_restarts(tmp_path):

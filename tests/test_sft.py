@@ -389,3 +389,80 @@ def test_group_by_length_batches_similar_lengths_from_the_dataset_lengths(synth_
     assert sorted(grouped_order) == sorted(random_order) == list(range(len(dataset)))
     # groups of 8 here (HF: batch x min(n // (4 x batch), 50)), so not all padding goes
     assert grouped_waste < 0.8 * random_waste
+
+
+# ---------------------------------------------------------------- packing, top-layer LoRA
+def test_pack_rows_first_fit_decreasing_within_capacity():
+    from training.sft.collate import pack_rows
+
+    lengths = [5, 9, 3, 7, 2, 12]
+    rows = pack_rows(lengths, 12)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 12 for row in rows)
+    assert len(rows) == 4  # 38 tokens in rows of 12: the fewest possible
+    assert pack_rows([20, 3], 12) == [[0], [1]]  # too long for any row: a row of its own
+
+
+@pytest.mark.parametrize("spec", ["tiny:smolvlm", "tiny:llama"])
+def test_packed_batch_gives_the_padded_batch_loss_and_gradients(synth_dir, spec):
+    """Packing changes the layout, not the maths: with position ids restarting per sample (and
+    no attention mask) each sample attends to itself only, so loss and gradients are those of
+    the padded batch."""
+    from training.sft.collate import PackingCollator
+    from training.sft.loss import label_position_loss
+
+    loaded = load_model(spec)
+    dataset = SFTDataset(load_samples(synth_dir, limit=6), loaded.processor, loaded.arch, 4096)
+    features = [dataset[i] for i in range(6)]
+    pad = loaded.tokenizer.pad_token_id
+    padded = SFTCollator(pad)(features)
+    longest = max(len(ids) for ids in dataset.input_ids)
+    packed = PackingCollator(pad, max_length=2 * longest)(features)
+    assert packed["input_ids"].shape[0] < 6 and "attention_mask" not in packed
+    n_labels = int((padded["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert int((packed["labels"][:, 1:] != IGNORE_INDEX).sum()) == n_labels
+
+    def loss_and_grads(batch):
+        loaded.model.zero_grad()
+        loss = label_position_loss(loaded.model.model, loaded.model.lm_head, batch)
+        loss.backward()
+        params = loaded.model.named_parameters()
+        return loss.detach(), {n: p.grad.clone() for n, p in params if p.grad is not None}
+
+    loss_padded, grads_padded = loss_and_grads(padded)
+    loss_packed, grads_packed = loss_and_grads(packed)
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
+    assert grads_packed.keys() == grads_padded.keys()
+    for name, grad in grads_padded.items():
+        torch.testing.assert_close(grads_packed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packing_is_refused_for_mrope_models(synth_dir, tmp_path):
+    config = SFTConfig(
+        data=str(synth_dir), model="tiny:qwen2vl", out=str(tmp_path / "o"), max_steps=1,
+        packing=True,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="--packing.*--no-packing"):
+        train(config)
+
+
+def test_top_layer_lora_trains_only_the_top_layers(synth_dir, tmp_path):
+    """`--lora-layers 1` on a 2-layer model: adapters in layer 1 only; after merging, layer 0
+    and everything outside the adapted linears keep the base's weights."""
+    from safetensors.torch import load_file
+
+    from training.sft.model import prepare_model
+
+    config = SFTConfig(
+        data=str(synth_dir), model="tiny:llama", out=str(tmp_path / "o"), max_steps=3,
+        lr=1e-2, lora_layers=1, packing=True, batch_size=4, save_steps=0,
+    )  # fmt: skip
+    trainable = [n for n, p in prepare_model(config).model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
+    train(config)
+    base = load_file(load_model("tiny:llama").ref.path / "model.safetensors")
+    tuned = load_file(tmp_path / "o" / "model.safetensors")
+    changed = {n for n in base if not torch.equal(base[n], tuned[n])}
+    assert changed and all(".layers.1." in n for n in changed)
+    with pytest.raises(ConfigError, match="--lora-layers"):
+        SFTConfig(data="d", method="full", lora_layers=2)

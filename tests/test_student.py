@@ -45,8 +45,25 @@ def test_preset_builds_an_untrained_idefics3_student():
     assert manifest["config"]["source"] == "student:smolvlm"
     other = resolve_model("student:smolvlm@3").path / "model.safetensors"
     assert other.read_bytes() != (ref.path / "model.safetensors").read_bytes()
-    with pytest.raises(ModelSpecError, match="student presets: student:smolvlm"):
+    with pytest.raises(ModelSpecError, match="student presets: student:smollm2"):
         resolve_model("student:huge")
+
+
+def test_pretrained_preset_is_smollm2_under_a_vision_tower():
+    """`student:smollm2`'s text model computes exactly what the packaged SmolLM2 computes on
+    text; the Idefics3 special tokens get new rows (their mean), not SmolLM2's."""
+    student = load_model("student:smollm2")
+    smollm2 = load_model("embedded:smollm2-135m-instruct")
+    ids = smollm2.tokenizer("The bar for May is 7 units tall.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = student.model(input_ids=ids).logits[0]
+        reference = smollm2.model(input_ids=ids).logits[0]
+    vocab = reference.shape[-1]
+    assert torch.allclose(ours[:, :vocab], reference, atol=1e-4)
+    rows = student.model.get_input_embeddings().weight
+    assert rows.shape[0] == len(student.tokenizer) == vocab + 40
+    assert torch.allclose(rows[vocab], rows[:vocab].mean(0), atol=1e-6)
+    assert student.processor.image_seq_len == STUDENT_PRESETS["smollm2"].image_tokens
 
 
 def test_config_errors_name_the_flag():
@@ -54,6 +71,14 @@ def test_config_errors_name_the_flag():
         StudentConfig(data=())
     with pytest.raises(ConfigError, match="--bench"):
         StudentConfig(data=("s",), warmup_steps=5)
+    with pytest.raises(ConfigError, match="--preset"):
+        StudentConfig(data=("s",), preset="huge")
+    with pytest.raises(ConfigError, match="--vocab domain"):
+        StudentConfig(data=("s",), vocab="domain")
+    with pytest.raises(ConfigError, match="--lr"):
+        StudentConfig(data=("s",), lr=float("nan"))
+    scratch = StudentConfig.for_preset("smolvlm", data=("s",), bench="b", steps=7)
+    assert (scratch.method, scratch.vocab, scratch.steps) == ("full", "domain", 7)
 
 
 def test_warmup_samples_are_image_to_caption_on_the_train_split(data: Path, tmp_path: Path):
@@ -70,7 +95,8 @@ def test_warmup_samples_are_image_to_caption_on_the_train_split(data: Path, tmp_
 
 
 def test_train_student_two_phases_and_a_loadable_captioned_model(data: Path, tmp_path: Path):
-    config = StudentConfig(
+    config = StudentConfig.for_preset(
+        "smolvlm",
         data=(str(data / "s"),),
         bench=str(data / "bench"),
         out=str(tmp_path / "student"),
@@ -113,8 +139,8 @@ def test_domain_vocabulary_student_tokenizes_like_its_gguf(data: Path, tmp_path:
     from tests.test_models import TOKENIZER_TEXTS
 
     out = tmp_path / "student"
-    config = StudentConfig(
-        data=(str(data / "s"),), out=str(out), steps=2, warmup_steps=0, batch_size=2
+    config = StudentConfig.for_preset(
+        "smolvlm", data=(str(data / "s"),), out=str(out), steps=2, warmup_steps=0, batch_size=2
     )
     summary = train_student(config)
     full = load_model("student:smolvlm").tokenizer

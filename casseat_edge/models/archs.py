@@ -32,6 +32,9 @@ class ArchSpec:
     aliases: ClassVar[tuple[str, ...]] = ()
     image_text: ClassVar[str | None] = None  # what an image content part becomes in prompt text
     single_token_texts: ClassVar[tuple[str, ...]] = ()  # llama.cpp needs these as one token each
+    # training may pack samples into one row (position ids restarting per sample, no attention
+    # mask: transformers then keeps attention within each sample)
+    packable: ClassVar[bool] = True
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -56,14 +56,18 @@ class Idefics3Arch(ArchSpec):
 
     @classmethod
     def build_student(cls, out: Path, tokenizer_dir: Path, seed: int, preset: str) -> None:
-        """The demo student (`student:<preset>`): an untrained seeded model sized to be trained
-        fully on CPU in minutes (see `STUDENT_PRESETS`)."""
+        """The demo student (`student:<preset>`, see `STUDENT_PRESETS`): a seeded Idefics3 whose
+        text model is either random (sized to be trained fully on CPU in minutes) or the
+        packaged SmolLM2-135M-Instruct (`text_weights`), with a small random vision tower."""
         size = STUDENT_PRESETS[preset]
         vision = dict(
             hidden_size=size.vision_hidden,
             intermediate_size=2 * size.vision_hidden,
             num_hidden_layers=size.vision_layers,
         )
+        if size.text_weights:
+            _build_pretrained(out, tokenizer_dir, seed, size, vision, f"student:{preset}")
+            return
         text = dict(
             hidden_size=size.hidden,
             intermediate_size=size.intermediate,
@@ -90,6 +94,8 @@ class StudentSize:
     patch: int
     vision_hidden: int
     vision_layers: int
+    # a text-only model spec whose weights become the text model (its sizes then come from it)
+    text_weights: str | None = None
 
     @property
     def image_tokens(self) -> int:
@@ -100,7 +106,22 @@ class StudentSize:
 # training step at this width (hence training/sft/loss.py); `train_student` therefore rebuilds it
 # over the ~1.3k SmolLM2 tokens its training texts use (3.0M parameters, 2x faster steps).
 # 64-px images give 4 image tokens.
+# `smollm2`: SmolVLM-256M's text model, the packaged SmolLM2-135M-Instruct (30 layers, 576 wide,
+# 134.5M parameters) under the same small vision tower; it can already read values from a caption
+# in its prompt, which a student trained from scratch never learned (README).
 STUDENT_PRESETS: dict[str, StudentSize] = {
+    "smollm2": StudentSize(
+        hidden=576,
+        intermediate=1536,
+        layers=30,
+        heads=9,
+        kv_heads=3,
+        image=64,
+        patch=16,
+        vision_hidden=96,
+        vision_layers=2,
+        text_weights="embedded:smollm2-135m-instruct",
+    ),
     "smolvlm": StudentSize(
         hidden=192,
         intermediate=512,
@@ -115,6 +136,72 @@ STUDENT_PRESETS: dict[str, StudentSize] = {
 }
 
 
+def _build_pretrained(
+    out: Path,
+    tokenizer_dir: Path,
+    seed: int,
+    size: StudentSize,
+    vision: dict[str, int],
+    source: str,
+) -> None:
+    """An Idefics3 student whose text model is `size.text_weights` (a Llama), copied in."""
+    from transformers import LlamaConfig
+
+    from casseat_edge.models import resolve_model
+
+    text_dir = resolve_model(size.text_weights).path
+    text = LlamaConfig.from_pretrained(text_dir).to_dict()
+    keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+    keep += ("num_key_value_heads", "max_position_embeddings", "rope_theta", "rms_norm_eps")
+    text = {k: text[k] for k in keep}
+    wanted = (size.hidden, size.intermediate, size.layers, size.heads, size.kv_heads)
+    if tuple(text[k] for k in keep[:5]) != wanted:
+        raise ValueError(f"{size.text_weights}: its sizes {text} differ from the preset's {size}")
+    model, processor = _make(tokenizer_dir, seed, size.image, size.patch, 2, vision, text)
+    _copy_text_weights(model.model, text_dir)
+    _match_embedding_scale(model, size.image, seed)
+    save_tiny(out, model, processor, Idefics3Arch, seed, source)
+
+
+def _match_embedding_scale(model: Any, image: int, seed: int) -> None:
+    """Scale the random connector so image features start at the RMS of the pretrained text
+    embeddings (at the default init they are ~3x larger: measured 0.41 vs 0.13 for SmolLM2),
+    so that the untrained image tokens neither dominate attention nor amplify quantization
+    noise of the vision tower into the text model's logits."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(4, 1, 3, image, image, generator=generator).clamp(-1, 1)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=pixels)
+        if isinstance(features, (tuple, list)):
+            features = torch.cat(list(features))
+        feature_rms = features.float().pow(2).mean(-1).sqrt().mean()
+        rows = model.get_input_embeddings().weight
+        target = rows.pow(2).mean(-1).sqrt().mean()
+        model.model.connector.modality_projection.proj.weight.mul_(target / feature_rms)
+
+
+def _copy_text_weights(model: Any, text_dir: Path) -> None:
+    """Load a Llama's weights into `model.text_model`; embedding rows beyond its vocabulary (the
+    Idefics3 special tokens) start at the mean of its rows (ordinary-looking, not random)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(text_dir / "model.safetensors")
+    text_model = model.text_model
+    embed = state.pop("model.embed_tokens.weight")
+    state.pop("lm_head.weight", None)  # tied
+    body = {k.removeprefix("model."): v for k, v in state.items()}
+    with torch.no_grad():
+        rows = text_model.embed_tokens.weight
+        rows[: embed.shape[0]] = embed
+        rows[embed.shape[0] :] = embed.mean(0)
+        missing, unexpected = text_model.load_state_dict(body, strict=False)
+    if unexpected or set(missing) != {"embed_tokens.weight"}:
+        raise ValueError(f"{text_dir}: weights do not fit (missing {missing}, extra {unexpected})")
+
+
 def _build(
     out: Path,
     tokenizer_dir: Path,
@@ -126,6 +213,20 @@ def _build(
     text: dict[str, Any],
     source: str | None = None,
 ) -> None:
+    model, processor = _make(tokenizer_dir, seed, image, patch, scale, vision, text)
+    save_tiny(out, model, processor, Idefics3Arch, seed, source)
+
+
+def _make(
+    tokenizer_dir: Path,
+    seed: int,
+    image: int,
+    patch: int,
+    scale: int,
+    vision: dict[str, int],
+    text: dict[str, Any],
+) -> tuple[Any, Any]:
+    """A seeded Idefics3 model and its processor (64-px single-image layout, ChatML)."""
     from transformers import (
         AutoTokenizer,
         Idefics3Config,
@@ -165,5 +266,4 @@ def _build(
         architectures=[Idefics3Arch.architecture],
     )
     seeded(seed)
-    model = Idefics3ForConditionalGeneration(config)
-    save_tiny(out, model, processor, Idefics3Arch, seed, source)
+    return Idefics3ForConditionalGeneration(config), processor

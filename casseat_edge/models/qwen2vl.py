@@ -120,6 +120,7 @@ class _QwenVLBase(ArchSpec, abstract=True):
     vision = True
     auto_class = "AutoModelForImageTextToText"
     image_text = IMAGE_TEXT
+    packable = False  # M-RoPE: 3-row position ids the model computes itself
 
     @classmethod
     def load_processor(cls, model_dir: Path) -> Any:

@@ -33,7 +33,7 @@ from casseat_edge.registry import ARCHS
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 TINY_BUILDER_VERSION = "3"  # bump when a tiny config changes: cached tiny models are rebuilt
-STUDENT_BUILDER_VERSION = "1"  # likewise for `student:` presets (their sizes are hashed too)
+STUDENT_BUILDER_VERSION = "2"  # likewise for `student:` presets (their sizes are hashed too)
 
 
 @dataclasses.dataclass(frozen=True)

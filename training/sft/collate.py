@@ -62,3 +62,53 @@ def _stack_images(tensors: list[torch.Tensor]) -> torch.Tensor:
         pad = t.new_zeros((t.shape[0], most - t.shape[1], *t.shape[2:]))
         padded.append(torch.cat([t, pad], dim=1))
     return torch.cat(padded, dim=0)
+
+
+@dataclasses.dataclass
+class PackingCollator:
+    """`data_collator` that packs a batch's samples into as few rows of at most `max_length`
+    tokens as they fit (first-fit decreasing), with no padding between them. Position ids
+    restart at 0 for each sample and no attention mask is passed, so transformers' attention
+    keeps each sample to itself (its packed-sequence detection; only for architectures whose
+    `ArchSpec.packable` says the model honours it). Labels are unchanged: every sample starts
+    with prompt tokens (label -100), so no token is trained to predict the next sample. Image
+    tensors are stacked in the order their samples appear in the packed rows."""
+
+    pad_token_id: int
+    max_length: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [f["input_ids"].shape[-1] for f in features]
+        rows = pack_rows(lengths, self.max_length)
+        ids, labels, positions = [], [], []
+        for row in rows:
+            ids.append(torch.cat([features[i]["input_ids"][0] for i in row]))
+            labels.append(torch.cat([features[i]["labels"][0] for i in row]))
+            positions.append(torch.cat([torch.arange(lengths[i]) for i in row]))
+        batch = {
+            "input_ids": _right_pad(ids, self.pad_token_id),
+            "labels": _right_pad(labels, IGNORE_INDEX),
+            "position_ids": _right_pad(positions, 0),
+        }
+        order = [i for row in rows for i in row]
+        for key in features[0]:
+            if key not in TOKEN_KEYS:
+                batch[key] = _stack_images([features[i][key] for i in order])
+        return batch
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into rows whose sums stay within `capacity` (first-fit
+    decreasing; an item longer than `capacity` gets a row of its own)."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, room in enumerate(free):
+            if lengths[index] <= room:
+                rows[r].append(index)
+                free[r] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            free.append(capacity - lengths[index])
+    return rows

@@ -42,6 +42,11 @@ class SFTConfig(StageConfig):
     target_modules: tuple[str, ...] = option(
         LM_LINEAR, "linear-layer names that get LoRA adapters (only inside unfrozen parts)"
     )
+    lora_layers: int = option(
+        0,
+        "LoRA on the top this many decoder layers only (0: all); the layers below get no "
+        "adapters and need no backward pass: faster steps",
+    )
     freeze_vision: bool = option(True, "keep the vision tower frozen (no adapters, no updates)")
     freeze_connector: bool = option(
         False, "keep the vision-to-text connector frozen (else trained fully, also under LoRA)"
@@ -74,6 +79,12 @@ class SFTConfig(StageConfig):
         "between groups, HF's LengthGroupedSampler)",
     )
 
+    packing: bool = option(
+        False,
+        "pack each batch's samples into as few rows as fit --max-length (no padding between "
+        "them; attention stays within a sample: position ids restart per sample)",
+    )
+
     def __post_init__(self) -> None:
         if not self.data:
             raise ConfigError("--data: required; pass the directory `casseat-edge synth` wrote")
@@ -82,11 +93,13 @@ class SFTConfig(StageConfig):
         self._check_positive("batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length")
         self._check_positive("logging_steps")
         self._check_non_negative("max_steps", "save_steps", "limit", "threads", "save_total_limit")
-        self._check_non_negative("dataloader_workers")
+        self._check_non_negative("dataloader_workers", "lora_layers")
+        if self.lora_layers and self.method == "full":
+            raise ConfigError("--lora-layers: only with --method lora or qlora")
         if self.max_steps == 0 and self.epochs <= 0:
             raise ConfigError("--epochs: must be > 0 (or pass --max-steps)")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr: must be > 0, found {self.lr}")
+        if not 0 < self.lr < float("inf"):  # also refuses nan
+            raise ConfigError(f"--lr: must be a finite number > 0, found {self.lr}")
         for name in ("lora_dropout", "warmup_ratio", "weight_decay"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{_flag(name)}: must be in [0, 1), found {getattr(self, name)}")

@@ -11,6 +11,7 @@ fine-tuning a frozen part gets no gradient; under LoRA only unfrozen parts get a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -139,6 +140,8 @@ def add_lora(model: Any, config: SFTConfig, parts: dict[str, tuple[str, ...]]) -
 
     trainable = trainable_parts(config)
     targets = lora_targets(model, config.target_modules, parts, trainable - {"connector"})
+    if config.lora_layers:
+        targets = top_layers(targets, config.lora_layers)
     if not targets and trainable == {"connector"}:
         raise ConfigError(
             "--freeze-lm/--freeze-vision leave only the connector, which LoRA does not adapt; "
@@ -173,6 +176,22 @@ def lora_targets(
         and name.rsplit(".", 1)[-1] in names
         and part_of(name, parts) in trainable
     ]
+
+
+def top_layers(names: list[str], keep: int) -> list[str]:
+    """The names inside the top `keep` decoder layers (`...layers.<i>...`; the language model's
+    layers are the ones with adapters here, so the highest indices are its top)."""
+    index = {name: _layer_index(name) for name in names}
+    layers = sorted({i for i in index.values() if i is not None})
+    if not layers:
+        raise ConfigError("--lora-layers: the targeted linears are not inside numbered layers")
+    top = set(layers[-keep:])
+    return [name for name in names if index[name] in top]
+
+
+def _layer_index(name: str) -> int | None:
+    match = re.search(r"\.layers\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
 
 
 def count_quantized(model: Any) -> int:

@@ -33,7 +33,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from casseat_edge.artifacts import sha256_file, write_json_atomic, write_manifest
 from casseat_edge.errors import ConfigError
-from training.sft.collate import SFTCollator
+from training.sft.collate import PackingCollator, SFTCollator
 from training.sft.config import SFTConfig
 from training.sft.data import SFTDataset, load_samples, samples_file
 from training.sft.loss import LabelPositionTrainer
@@ -68,7 +68,7 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
         model=loaded.model,
         args=training_arguments(config, out),
         train_dataset=dataset,
-        data_collator=SFTCollator(_pad_id(loaded.tokenizer)),
+        data_collator=_collator(config, loaded),
         callbacks=[recorder],
     )
     for quiet in (PrinterCallback, ProgressCallback):  # stdout is for results (--json)
@@ -87,6 +87,18 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
             **_manifest_extra(summary),
         )
     return summary
+
+
+def _collator(config: SFTConfig, loaded: Any) -> Any:
+    pad = _pad_id(loaded.tokenizer)
+    if not config.packing:
+        return SFTCollator(pad)
+    if not loaded.arch.packable:
+        raise ConfigError(
+            f"--packing: {loaded.arch.architecture} does not keep packed samples apart (its "
+            "position ids are not one row of integers); train it with --no-packing"
+        )
+    return PackingCollator(pad, config.max_length)
 
 
 def training_arguments(config: SFTConfig, out: Path) -> Any:

@@ -1,23 +1,31 @@
-"""The embedded demo student: `student:smolvlm` trained from scratch on CPU in minutes.
+"""The demo student: the Idefics3 model the main job trains on the Cas-SEAT mix, on CPU.
 
-The preset is first rebuilt over a domain vocabulary (`vocab="domain"`, the default): only the
-SmolLM2 tokens the training texts use (`casseat_edge.models.tokenizer.subset_tokenizer`), which
-shrinks the 49k-row embedding and output layer that dominated a step by 40x. Then two phases,
-each an ordinary `training.sft.train` run (full fine-tuning, vision tower trained):
+Two presets (`casseat_edge.models.idefics3.STUDENT_PRESETS`), each with its recipe (`RECIPES`):
 
-1. reading warm-up: image -> its caption, on the benchmark's train split (the prompt has the image
-   and `WARMUP_PROMPT` only), so the vision path learns what it can from pixels;
+- `smollm2` (the default): SmolVLM's text model, the packaged SmolLM2-135M-Instruct, under a
+  small random vision tower. LoRA on its top `lora_layers` decoder layers (the layers below get
+  no adapters and need no backward pass), bfloat16 autocast, samples packed into rows.
+- `smolvlm` (`--student scratch` in the pipeline): 3M parameters trained from scratch, in full,
+  over a domain vocabulary (`vocab="domain"`: only the SmolLM2 tokens the training texts use,
+  `casseat_edge.models.tokenizer.subset_tokenizer`), after a reading warm-up.
+
+Each phase is an ordinary `training.sft.train` run:
+
+1. reading warm-up (optional, `warmup_steps`): image -> its caption, on the benchmark's train
+   split (the prompt has the image and `WARMUP_PROMPT` only), so the vision path learns what it
+   can from pixels;
 2. the Cas-SEAT mix (CoT + evaluation samples from `casseat-edge synth`), caption-augmented: the
    prompt has the image and its caption text (`casseat_edge.preprocess.add_caption`), as text-only
    models get it in MathVista's caption-augmented setup. The model's manifest records
    `captions: true`, so the runtime adds the caption the same way by default.
 
 `out` is the trained model (an HF directory with `casseat.json`, loadable and exportable like any
-other); the warm-up data and model live in `<out>.work/`. The summary (also in the manifest under
-`student`) has both phases' steps, seconds, tokens/s and losses, and the warm-up's caption token
-accuracy on held-out images, from the image and from a blank image (what the pixels add).
+other; LoRA is merged); work files live in `<out>.work/`. The summary (also in the manifest under
+`student`) has each phase's steps, seconds, tokens/s and losses, and after a warm-up its caption
+token accuracy on held-out images, from the image and from a blank image (what the pixels add).
 
     summary = train_student(StudentConfig(data=("runs/synth",), bench="runs/bench", out="student"))
+    scratch = StudentConfig.for_preset("smolvlm", data=("runs/synth",), bench="runs/bench")
 """
 
 from __future__ import annotations
@@ -48,17 +56,31 @@ Progress = Callable[[int, int], None]
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig(StageConfig):
-    """Config of the demo student's training (reading warm-up, then the Cas-SEAT mix)."""
+    """Config of the demo student's training (optional reading warm-up, then the Cas-SEAT mix).
+
+    The defaults are the pretrained student's recipe (`student:smollm2`, LoRA on its top layers);
+    `StudentConfig.for_preset("smolvlm", ...)` gives the from-scratch student's (`RECIPES`)."""
 
     data: tuple[str, ...] = option((), "samples directories from `casseat-edge synth` (the mix)")
     bench: str = option("", "benchmark directory: its train split is the warm-up's images")
     out: str = option("student", "output: the trained model directory (work files: <out>.work)")
-    preset: str = option("smolvlm", "student preset (the `student:<preset>` model spec)")
+    preset: str = option(
+        "smollm2",
+        "student preset (`student:<preset>`): 'smollm2' (SmolLM2-135M-Instruct text model, "
+        "pretrained) or 'smolvlm' (3M parameters, from scratch)",
+    )
     seed: int = option(0, "seed of the initial weights, data order and the warm-up sample")
-    steps: int = option(400, "optimizer steps on the Cas-SEAT mix")
-    warmup_steps: int = option(40, "optimizer steps of the reading warm-up (0: none)")
+    steps: int = option(150, "optimizer steps on the Cas-SEAT mix")
+    warmup_steps: int = option(0, "optimizer steps of the reading warm-up (0: none)")
     batch_size: int = option(8, "samples per optimizer step")
-    lr: float = option(2e-3, "peak learning rate (from scratch: high; linear decay)")
+    method: Literal["lora", "full"] = option(
+        "lora", "'lora' (adapters, merged into the saved model) or 'full' fine-tuning"
+    )
+    lora_r: int = option(16, "LoRA rank (alpha is 2 x rank)")
+    lora_layers: int = option(
+        8, "LoRA on the top this many decoder layers only (0: all layers; lower ones stay frozen)"
+    )
+    lr: float = option(1e-3, "peak learning rate (linear decay)")
     warmup_lr: float = option(2e-3, "peak learning rate of the reading warm-up")
     max_length: int = option(1024, "longest sample in tokens (longer ones are skipped)")
     threads: int = option(0, "CPU threads for torch (0: torch's default)")
@@ -66,31 +88,64 @@ class StudentConfig(StageConfig):
         40, "held-out images on which to measure the warm-up's caption token accuracy (0: skip)"
     )
     vocab: Literal["domain", "full"] = option(
-        "domain",
+        "full",
         "'domain': only the SmolLM2 tokens the training texts use (about 1.3k of 49k; those "
-        "texts keep their tokens): a 40x smaller embedding and output layer; 'full': all 49k",
+        "texts keep their tokens): a 40x smaller embedding and output layer, for a student "
+        "trained from scratch; 'full': all 49k",
     )
     bf16: bool = option(True, "bfloat16 autocast (float32 master weights): ~1.5-2x on AVX512-BF16")
+    packing: bool = option(
+        True, "pack each batch's samples into as few rows as fit (no padding; see `train`)"
+    )
     group_by_length: bool = option(
         False,
         "batch samples of similar length together: 35% fewer padded tokens, but measured worse "
-        "at 250 steps (loss 1.54 vs 0.85; batches of one sample kind)",
+        "at 250 steps on the scratch student (loss 1.54 vs 0.85; batches of one sample kind)",
     )
     overwrite: bool = option(False, "replace an existing --out (and its work directory)")
 
     def __post_init__(self) -> None:
+        from casseat_edge.models.idefics3 import STUDENT_PRESETS
+
         data = (self.data,) if isinstance(self.data, str) else tuple(self.data)
         object.__setattr__(self, "data", data)
         if not data:
             raise ConfigError("--data: required; pass the directory `casseat-edge synth` wrote")
+        if self.preset not in STUDENT_PRESETS:
+            raise ConfigError(
+                f"--preset: unknown student preset {self.preset!r}; choose one of "
+                + ", ".join(STUDENT_PRESETS)
+            )
         if self.warmup_steps and not self.bench:
             raise ConfigError("--bench: required for the reading warm-up (or --warmup-steps 0)")
         if self.vocab not in ("domain", "full"):
             raise ConfigError(f"--vocab: expected 'domain' or 'full', got {self.vocab!r}")
+        if self.vocab == "domain" and self.pretrained:
+            raise ConfigError(
+                f"--vocab domain: the {self.preset!r} student's text model is pretrained over "
+                "the full vocabulary; use --vocab full"
+            )
+        if self.method not in ("lora", "full"):
+            raise ConfigError(f"--method: expected 'lora' or 'full', got {self.method!r}")
         if self.steps < 1 or self.warmup_steps < 0 or self.batch_size < 1 or self.caption_eval < 0:
             raise ConfigError(
                 "--steps and --batch-size must be >= 1, --warmup-steps and --caption-eval >= 0"
             )
+        if self.lora_r < 1 or self.lora_layers < 0:
+            raise ConfigError("--lora-r must be >= 1 and --lora-layers >= 0")
+        if not (0 < self.lr < float("inf") and 0 < self.warmup_lr < float("inf")):
+            raise ConfigError("--lr and --warmup-lr: must be finite numbers > 0")
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> StudentConfig:
+        """The config of `preset`'s recipe (`RECIPES`), with `overrides` on top."""
+        return cls(**{"preset": preset, **RECIPES.get(preset, {}), **overrides})
+
+    @property
+    def pretrained(self) -> bool:
+        from casseat_edge.models.idefics3 import STUDENT_PRESETS
+
+        return STUDENT_PRESETS[self.preset].text_weights is not None
 
     @property
     def work(self) -> Path:
@@ -99,6 +154,21 @@ class StudentConfig(StageConfig):
     @property
     def base(self) -> str:
         return f"student:{self.preset}@{self.seed}"
+
+
+# what differs from the defaults (the pretrained `smollm2` recipe) for the from-scratch student:
+# full fine-tuning over a domain vocabulary, a reading warm-up, a high learning rate, padding
+RECIPES: dict[str, dict[str, Any]] = {
+    "smollm2": {},
+    "smolvlm": dict(
+        steps=400,
+        warmup_steps=40,
+        method="full",
+        lr=2e-3,
+        vocab="domain",
+        packing=False,
+    ),
+}
 
 
 def train_student(config: StudentConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -140,17 +210,28 @@ def phase_config(
     config: StudentConfig, data: Path, base: str, out: Path, warmup: bool
 ) -> SFTConfig:
     """The SFT config of one phase (the reading warm-up, or the Cas-SEAT mix)."""
+    lora = config.method == "lora" and not warmup
     return SFTConfig(
         data=str(data),
         model=base,
         out=str(out),
-        method="full",
+        method="lora" if lora else "full",
         max_steps=config.warmup_steps if warmup else config.steps,
         lr=config.warmup_lr if warmup else config.lr,
         warmup_ratio=0.05,
         weight_decay=0.0,
         batch_size=config.batch_size,
-        freeze_vision=False,
+        lora_r=config.lora_r,
+        lora_alpha=2 * config.lora_r,
+        lora_dropout=0.0,
+        lora_layers=config.lora_layers if lora else 0,
+        # LoRA: the pretrained text model adapts to the captioned prompts; the vision tower and
+        # connector stay as built (training them would need a backward pass through every layer)
+        freeze_vision=lora,
+        freeze_connector=lora and config.lora_layers > 0,
+        # the warm-up of a LoRA student teaches only the vision path (its text model stays)
+        freeze_lm=warmup and config.method == "lora",
+        packing=config.packing,
         max_length=config.max_length,
         skip_long=True,
         seed=config.seed,
