@@ -1,10 +1,12 @@
 """How the demo student's held-out accuracy grows with its training budget.
 
-The main job trains the student for 250 steps of the Cas-SEAT mix (about 4-7 minutes on 2 cores);
-this measures what a larger budget buys, to say what the accuracy target would need. It reuses a
-finished `casseat-edge pipeline` directory (its bench, the merged mix data and the warm-up model
-under `student.work/`, and `student/` for the processor files), trains the mix phase again from
-the same warm-up model for `--steps` steps with a checkpoint every `--every` steps, and evaluates
+The main job trains the student for a short budget of the Cas-SEAT mix; this measures what a
+larger budget buys, to say what the accuracy target would need. It reuses a finished
+`casseat-edge pipeline` directory (its bench, the mix data, the student's starting point: the
+warm-up model under `student.work/` or, without a warm-up, the untrained preset, and `student/`
+for its recipe and processor files), trains the mix phase again with the same recipe for
+`--steps` steps with a checkpoint every `--every` steps (LoRA checkpoints are merged into the
+starting point), and evaluates
 every checkpoint on the held-out split with `cot` and `cas-seat` (greedy, captions as trained; on
 torch fp32, or `--backend llama.cpp` on an f16 GGUF export of each checkpoint, about 5x faster).
 `--skip-train` evaluates the checkpoints an earlier run of this script left. The checkpoints are points on one run's linear-decay schedule, so an early one has seen
@@ -56,14 +58,11 @@ def main() -> None:
     student = run / "student"
     settings = read_manifest(student)["student"]["config"]
     config = StudentConfig(**{**settings, "steps": args.steps, "threads": args.threads})
+    work = run / "student.work"
+    data = work / "mix-data" if (work / "mix-data").is_dir() else Path(config.data[0])
+    start = str(work / "warmup") if config.warmup_steps else config.base
     sft = dataclasses.replace(
-        phase_config(
-            config,
-            run / "student.work" / "mix-data",
-            str(run / "student.work" / "warmup"),
-            out / "model",
-            warmup=False,
-        ),
+        phase_config(config, data, start, out / "model", warmup=False),
         save_steps=args.every,
         save_total_limit=0,
     )
@@ -71,7 +70,7 @@ def main() -> None:
     marks = {} if args.skip_train else train_marks(sft, points, args.steps)
     rows = []
     for step in points:
-        model = checkpoint_model(out, student, step, args.steps)
+        model = checkpoint_model(out, student, step, args.steps, start)
         if args.backend == "llama.cpp":
             model = gguf_model(model, out / "gguf" / f"step-{step}")
         row: dict[str, Any] = {"steps": step, "train_seconds": marks.get(step)}
@@ -126,15 +125,26 @@ def gguf_model(model: Path, out: Path) -> Path:
     return out / next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
 
 
-def checkpoint_model(out: Path, student: Path, step: int, total: int) -> Path:
-    """An HF model directory for the checkpoint at `step`: the student's files, these weights."""
+def checkpoint_model(out: Path, student: Path, step: int, total: int, start: str) -> Path:
+    """An HF model directory for the checkpoint at `step`: the student's files, these weights
+    (a LoRA checkpoint's adapter merged into the starting point `start`)."""
     if step == total:
         return out / "model"
     target = out / "points" / f"step-{step}"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(student, target, ignore=shutil.ignore_patterns(WEIGHTS, "*.png", "*.json.tmp"))
-    shutil.copy2(out / "model" / "checkpoints" / f"checkpoint-{step}" / WEIGHTS, target / WEIGHTS)
+    checkpoint = out / "model" / "checkpoints" / f"checkpoint-{step}"
+    if (checkpoint / WEIGHTS).is_file():
+        shutil.copy2(checkpoint / WEIGHTS, target / WEIGHTS)
+        return target
+    from peft import PeftModel
+
+    from casseat_edge.models import load_model
+
+    base = load_model(start).model
+    merged = PeftModel.from_pretrained(base, checkpoint).merge_and_unload()
+    merged.save_pretrained(target, safe_serialization=True)
     return target
 
 
@@ -171,7 +181,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot(steps, [r[policy] for r in rows], marker="o", label=policy)
     ax.set_xlabel("optimizer steps on the Cas-SEAT mix (batch 8)")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title("Demo student: accuracy vs training budget")
+    ax.set_title("Student: accuracy vs training budget")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -317,7 +317,7 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, art, policy in _evaluations(ctx):
         run = _run_name(name, art.backend, art.quant, policy)
-        limit = config.held_out_limit(art.backend)
+        limit = config.held_out_limit(art.label)
         path = ctx.out / "eval" / run
         eval_config = EvalConfig(
             model=art.model,

@@ -54,10 +54,11 @@ def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
     assert {label.split("/")[-1] for label in labels} == set(config.policies)
     assert len(labels) == len(config.policies) * len(config.evaluate)
     for run in document["runs"]:
-        backend = run["label"].split("/")[0]
-        assert run["n"] == config.held_out_limit(backend) and 0.0 <= run["accuracy"] <= 1.0
+        artifact = run["label"].rsplit("/", 1)[0]
+        assert run["n"] == config.held_out_limit(artifact) and 0.0 <= run["accuracy"] <= 1.0
     headline = summary["headline"]
-    assert headline["reference"] == config.evaluate[0] and headline["n"] == 10
+    assert headline["reference"] == config.evaluate[0]
+    assert headline["n"] == config.held_out_limit(config.evaluate[0]) == 5
     assert set(headline["accuracy"]) == {"cot", "cas-seat"}
     assert set(summary["stages"]["export"]) == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
     assert summary["stages"]["train"]["cas-seat"]["steps"] == 3
@@ -80,9 +81,12 @@ def test_rerun_skips_every_unchanged_stage(fast_run):
 
 def test_config_limits_students_and_evaluations():
     config = PipelineConfig()
-    assert (config.held_out_limit("llama.cpp"), config.held_out_limit("torch")) == (100, 20)
-    assert PipelineConfig(eval_limit=10).held_out_limit("torch") == 10
-    assert PipelineConfig(eval_limit=-1, torch_eval_limit=-1).held_out_limit("torch") == 0
+    limits = [config.held_out_limit(label) for label in config.evaluate]
+    assert limits == [100, 40, 40, 20]  # the headline (llama.cpp/q8_0), others, torch
+    assert PipelineConfig(eval_limit=10).held_out_limit("torch/fp32") == 10
+    assert PipelineConfig(eval_limit=60).held_out_limit("llama.cpp/q4_k_m") == 60
+    everything = PipelineConfig(eval_limit=-1, torch_eval_limit=-1)
+    assert everything.held_out_limit("torch/fp32") == everything.held_out_limit("x/y") == 0
     assert PipelineConfig(fast=True).student_budget["steps"] == 3
     assert PipelineConfig(student="scratch").student_budget["steps"] == 400
     assert config.preset == "smollm2" and PipelineConfig(student="scratch").preset == "smolvlm"

@@ -128,6 +128,29 @@ def test_train_student_two_phases_and_a_loadable_captioned_model(data: Path, tmp
         train_student(config)
 
 
+def test_pretrained_student_with_top_layer_lora_adapts_only_those(data: Path, tmp_path: Path):
+    """LoRA on SmolLM2's top 8 layers, merged: the layers below, the embeddings, the vision
+    tower and the connector keep the preset's weights exactly."""
+    from safetensors.torch import load_file
+
+    config = StudentConfig(
+        data=(str(data / "s"),), out=str(tmp_path / "st"), steps=2, batch_size=2, lora_layers=8
+    )
+    summary = train_student(config)
+    assert summary["mix"]["steps"] == 2 and "warmup" not in summary
+    base = load_file(resolve_model("student:smollm2").path / "model.safetensors")
+    tuned = load_file(tmp_path / "st" / "model.safetensors")
+    assert base.keys() == tuned.keys()
+    changed = {name for name in base if not torch.equal(base[name], tuned[name])}
+    layers = STUDENT_PRESETS["smollm2"].layers
+    top = tuple(f".layers.{i}." for i in range(layers - config.lora_layers, layers))
+    assert changed and all(name.startswith("model.text_model.") for name in changed)
+    assert all(any(t in name for t in top) for name in changed)
+    manifest = json.loads((tmp_path / "st" / "casseat.json").read_text())
+    assert manifest["captions"] is True and manifest["student"]["preset"] == "smollm2"
+    assert manifest["config"]["lora_layers"] == 8 and manifest["config"]["packing"] is True
+
+
 def test_domain_vocabulary_student_tokenizes_like_its_gguf(data: Path, tmp_path: Path):
     """The default student vocabulary is the SmolLM2 tokens its training texts use: the same
     tokens on those texts, a fraction of the embedding rows, and llama.cpp reads the exported

@@ -27,3 +27,19 @@ def test_train_throughput_smoke():
     assert summary["tokens"] > 0
     assert summary["same_trainable_params"] is True
     assert summary["loss_max_abs_diff"] < 1e-3  # same init, batches and masks: same losses
+
+
+def test_train_throughput_student_recipe_smoke():
+    """`--recipe student`: the student's phase config against the plain Trainer, per step."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--steps", "2", "--batch-size", "2", "--recipe", "student"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["recipe"] == "student" and summary["loss_max_abs_diff"] is None
+    assert summary["ours_s_per_step"] > 0 and summary["bare_s_per_step"] > 0
+    expected = summary["bare_s_per_step"] / summary["ours_s_per_step"]
+    assert abs(summary["ratio"] - expected) <= 0.01 * expected + 1e-3

@@ -4,8 +4,9 @@
   automatically) or an export directory with `casseat.json`;
 - `embedded:smollm2-135m-instruct`: the real SmolLM2 packaged in a PyPI wheel (offline default);
 - `tiny:<arch>[@seed]`: a seeded random model of a real architecture, built once and cached;
-- `student:<preset>[@seed]`: the untrained demo student (an Idefics3 / SmolVLM sized to be trained
-  from scratch on CPU in minutes; `training.sft.student` trains it), built once and cached.
+- `student:<preset>[@seed]`: the untrained student (an Idefics3 / SmolVLM: `smollm2` with the
+  packaged SmolLM2 as its text model, `smolvlm` sized to be trained from scratch on CPU in
+  minutes; `training.sft.student` trains it), built once and cached.
 
     ref = resolve_model("tiny:smolvlm")
     loaded = load_model(ref)            # transformers model + processor, eval mode
@@ -163,7 +164,7 @@ def _resolve_path(spec: str) -> ModelRef:
     if not path.exists():
         raise ModelSpecError(
             f"model spec {spec!r}: no such file or directory; expected an HF model directory, a .gguf "
-            f"file, an export directory, {DEFAULT_MODEL}, student:smolvlm or "
+            f"file, an export directory, {DEFAULT_MODEL}, student:<smollm2|smolvlm> or "
             f"tiny:<{'|'.join(sorted(tiny_names()))}>"
         )
     if path.is_file():

@@ -14,6 +14,8 @@ Output directory:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 import warnings
@@ -73,7 +75,8 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
     )
     for quiet in (PrinterCallback, ProgressCallback):  # stdout is for results (--json)
         trainer.remove_callback(quiet)
-    with warnings.catch_warnings():  # the Trainer's own token counting warns on every step
+    with warnings.catch_warnings(), _quiet_token_count():
+        # the Trainer's own token counting warns on every step
         warnings.filterwarnings("ignore", message="To copy construct from a tensor")
         result = trainer.train(resume_from_checkpoint=_checkpoint(out) if config.resume else None)
     summary = _summary(config, dataset, trainer, recorder, result, identity)
@@ -87,6 +90,22 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
             **_manifest_extra(summary),
         )
     return summary
+
+
+@contextlib.contextmanager
+def _quiet_token_count():
+    """Packed batches carry no attention mask, so the Trainer's token count logs on every step
+    that it counts all tokens (it does: packed rows hold next to no padding)."""
+    logger = logging.getLogger("transformers.trainer")
+
+    def quiet(record: logging.LogRecord) -> bool:
+        return "count non-padding tokens" not in record.getMessage()
+
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _collator(config: SFTConfig, loaded: Any) -> Any:
