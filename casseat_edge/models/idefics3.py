@@ -52,7 +52,10 @@ class Idefics3Arch(ArchSpec):
     @classmethod
     def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:
         vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2)
-        _build(out, tokenizer_dir, seed, TINY_IMAGE, TINY_PATCH, TINY_SCALE, vision, {})
+        model, processor = _make(
+            tokenizer_dir, seed, TINY_IMAGE, TINY_PATCH, TINY_SCALE, vision, {}
+        )
+        save_tiny(out, model, processor, cls, seed)
 
     @classmethod
     def build_student(cls, out: Path, tokenizer_dir: Path, seed: int, preset: str) -> None:
@@ -76,9 +79,8 @@ class Idefics3Arch(ArchSpec):
             num_key_value_heads=size.kv_heads,
             max_position_embeddings=2048,
         )
-        _build(
-            out, tokenizer_dir, seed, size.image, size.patch, 2, vision, text, f"student:{preset}"
-        )
+        model, processor = _make(tokenizer_dir, seed, size.image, size.patch, 2, vision, text)
+        save_tiny(out, model, processor, cls, seed, f"student:{preset}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,21 +202,6 @@ def _copy_text_weights(model: Any, text_dir: Path) -> None:
         missing, unexpected = text_model.load_state_dict(body, strict=False)
     if unexpected or set(missing) != {"embed_tokens.weight"}:
         raise ValueError(f"{text_dir}: weights do not fit (missing {missing}, extra {unexpected})")
-
-
-def _build(
-    out: Path,
-    tokenizer_dir: Path,
-    seed: int,
-    image: int,
-    patch: int,
-    scale: int,
-    vision: dict[str, int],
-    text: dict[str, Any],
-    source: str | None = None,
-) -> None:
-    model, processor = _make(tokenizer_dir, seed, image, patch, scale, vision, text)
-    save_tiny(out, model, processor, Idefics3Arch, seed, source)
 
 
 def _make(
