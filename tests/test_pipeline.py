@@ -60,7 +60,7 @@ def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
     assert headline["reference"] == config.evaluate[0]
     assert headline["n"] == config.held_out_limit(config.evaluate[0]) == 5
     assert set(headline["accuracy"]) == {"cot", "cas-seat"}
-    assert set(summary["stages"]["export"]) == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
+    assert set(summary["stages"]["export"]) - {"seconds"} == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
     assert summary["stages"]["train"]["cas-seat"]["steps"] == 3
     assert "Exports" in (report / "report.md").read_text()
 
@@ -119,3 +119,25 @@ def test_a_stage_stopped_midway_resumes_and_a_changed_one_restarts(tmp_path):
     assert calls == [False, True]
     assert ctx.stamped("demo", target, {"config": 2}, work) == ({"ok": True}, "done")
     assert calls == [False, True, False]
+
+
+def test_ablation_plan_compares_every_student_on_the_headline_artifact(tmp_path):
+    from casseat_edge.pipeline_stages import Artifact, _evaluations, _run_name
+
+    ctx = Context(
+        PipelineConfig(out=str(tmp_path), ablation=True), tmp_path, lambda _: None, lambda *_: None
+    )
+    for student, label in [("cas-seat", "torch/fp32"), ("cas-seat", "llama.cpp/q8_0"),
+                           ("cas-seat", "llama.cpp/q4_k_m"), ("cas-seat", "onnxruntime/fp32"),
+                           ("cot", "llama.cpp/q8_0"), ("seat", "llama.cpp/q8_0")]:  # fmt: skip
+        backend, quant = label.split("/")
+        ctx.artifacts.append(Artifact(student, backend, quant, "m", tmp_path))
+    plan = [(name, art.label, policy) for name, art, policy in _evaluations(ctx)]
+    main = [(n, a, p) for n, a, p in plan if n == "cas-seat" and p != "seat"]
+    assert {a for _, a, _ in main} == {"torch/fp32", "llama.cpp/q8_0", "llama.cpp/q4_k_m"}
+    assert len(main) == 3 * 2  # onnxruntime/fp32 is exported but not in --evaluate
+    for student in ("cas-seat", "cot", "seat"):
+        mine = {p for n, a, p in plan if n == student and a == "llama.cpp/q8_0"}
+        assert mine == {"cot", "cas-seat", "seat"}
+    names = [_run_name(n, *a.split("/"), p) for n, a, p in plan]
+    assert len(names) == len(set(names)) == 6 + 1 + 3 + 3

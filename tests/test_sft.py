@@ -466,3 +466,10 @@ def test_top_layer_lora_trains_only_the_top_layers(synth_dir, tmp_path):
     assert changed and all(".layers.1." in n for n in changed)
     with pytest.raises(ConfigError, match="--lora-layers"):
         SFTConfig(data="d", method="full", lora_layers=2)
+    # the vision tower's numbered layers are not the language model's: they keep their adapters
+    config = SFTConfig(data="d", model="tiny:smolvlm", freeze_vision=False, lora_layers=1)
+    names = [n for n, p in prepare_model(config).model.named_parameters() if p.requires_grad]
+    text = [n for n in names if ".text_model." in n]
+    assert text and all(".layers.1." in n for n in text)
+    vision = [n for n in names if ".vision_model." in n]
+    assert any(".layers.0." in n for n in vision) and any(".layers.1." in n for n in vision)

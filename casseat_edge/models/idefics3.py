@@ -104,13 +104,13 @@ class StudentSize:
         return (self.image // self.patch) ** 2 // 4  # pixel shuffle, scale 2
 
 
-# 12.2M parameters, 9.4M of them the tied 49k-token embedding / output layer, which dominates a
-# training step at this width (hence training/sft/loss.py); `train_student` therefore rebuilds it
-# over the ~1.3k SmolLM2 tokens its training texts use (3.0M parameters, 2x faster steps).
-# 64-px images give 4 image tokens.
 # `smollm2`: SmolVLM-256M's text model, the packaged SmolLM2-135M-Instruct (30 layers, 576 wide,
-# 134.5M parameters) under the same small vision tower; it can already read values from a caption
-# in its prompt, which a student trained from scratch never learned (README).
+# 134.5M parameters) under a small vision tower; it can already read values from a caption in its
+# prompt, which a student trained from scratch never learned (README).
+# `smolvlm` (from scratch): 12.2M parameters, 9.4M of them the tied 49k-token embedding / output
+# layer, which dominates a training step at this width (hence training/sft/loss.py); its recipe
+# rebuilds it over the ~1.3k SmolLM2 tokens its training texts use (3.0M parameters, 2x faster
+# steps). 64-px images give 4 image tokens.
 STUDENT_PRESETS: dict[str, StudentSize] = {
     "smollm2": StudentSize(
         hidden=576,

@@ -140,8 +140,10 @@ def add_lora(model: Any, config: SFTConfig, parts: dict[str, tuple[str, ...]]) -
 
     trainable = trainable_parts(config)
     targets = lora_targets(model, config.target_modules, parts, trainable - {"connector"})
-    if config.lora_layers:
-        targets = top_layers(targets, config.lora_layers)
+    if config.lora_layers:  # the language model's top layers; other parts keep theirs
+        lm = [name for name in targets if part_of(name, parts) == "lm"]
+        targets = [name for name in targets if name not in lm]
+        targets += top_layers(lm, config.lora_layers)
     if not targets and trainable == {"connector"}:
         raise ConfigError(
             "--freeze-lm/--freeze-vision leave only the connector, which LoRA does not adapt; "
@@ -179,12 +181,13 @@ def lora_targets(
 
 
 def top_layers(names: list[str], keep: int) -> list[str]:
-    """The names inside the top `keep` decoder layers (`...layers.<i>...`; the language model's
-    layers are the ones with adapters here, so the highest indices are its top)."""
+    """The names (of one decoder's linears) inside its top `keep` layers (`...layers.<i>...`)."""
     index = {name: _layer_index(name) for name in names}
     layers = sorted({i for i in index.values() if i is not None})
     if not layers:
-        raise ConfigError("--lora-layers: the targeted linears are not inside numbered layers")
+        raise ConfigError(
+            "--lora-layers: no targeted linear sits in the language model's numbered layers"
+        )
     top = set(layers[-keep:])
     return [name for name in names if index[name] in top]
 

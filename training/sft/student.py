@@ -59,7 +59,7 @@ Progress = Callable[[int, int], None]
 class StudentConfig(StageConfig):
     """Config of the demo student's training (optional reading warm-up, then the Cas-SEAT mix).
 
-    The defaults are the pretrained student's recipe (`student:smollm2`, LoRA on its top layers);
+    The defaults are the pretrained student's recipe (`student:smollm2`, LoRA on every layer);
     `StudentConfig.for_preset("smolvlm", ...)` gives the from-scratch student's (`RECIPES`)."""
 
     data: tuple[str, ...] = option((), "samples directories from `casseat-edge synth` (the mix)")
@@ -71,7 +71,7 @@ class StudentConfig(StageConfig):
         "pretrained) or 'smolvlm' (3M parameters, from scratch)",
     )
     seed: int = option(0, "seed of the initial weights, data order and the warm-up sample")
-    steps: int = option(150, "optimizer steps on the Cas-SEAT mix")
+    steps: int = option(100, "optimizer steps on the Cas-SEAT mix")
     warmup_steps: int = option(0, "optimizer steps of the reading warm-up (0: none)")
     batch_size: int = option(8, "samples per optimizer step")
     method: Literal["lora", "full"] = option(
@@ -228,8 +228,9 @@ def phase_config(
         lora_alpha=2 * config.lora_r,
         lora_dropout=0.0,
         lora_layers=config.lora_layers if lora else 0,
-        # LoRA: the pretrained text model adapts to the captioned prompts; the vision tower and
-        # connector stay as built (training them would need a backward pass through every layer)
+        # LoRA: the pretrained text model adapts to the captioned prompts; the vision tower stays
+        # as built, and so does the connector when only the top layers adapt (training it would
+        # need a backward pass through every layer)
         freeze_vision=lora,
         freeze_connector=lora and config.lora_layers > 0,
         # the warm-up of a LoRA student teaches only the vision path (its text model stays)
