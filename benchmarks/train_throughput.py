@@ -19,8 +19,9 @@ Prints a table, then one JSON line.
 phase of `train_student` (`phase_config`: LoRA on the top 8 layers only, vision tower and
 connector frozen, bfloat16 autocast, packed rows, the label-position loss) and "bare" is the
 plain Trainer above (LoRA on every layer, float32, padded batches, the HF loss) on the same
-caption-augmented samples in the same order. The token counts then differ by the padding the
-packed rows still carry, so the ratio is of seconds per step (the same samples per step).
+caption-augmented samples in the same order. The Trainer's count of ours' tokens includes the
+padding at the ends of the packed rows, so the ratio is of seconds per step (the same samples
+per step) and ours' tokens/s is bare's non-padding tokens/s times that ratio.
 
     python3 benchmarks/train_throughput.py                       # tiny:smolvlm, 10 steps
     python3 benchmarks/train_throughput.py --model embedded:smollm2-135m-instruct --steps 4
@@ -272,6 +273,8 @@ def compare(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[s
         ratio = ours["tokens_per_s"] / bare["tokens_per_s"]
     else:  # same samples per step; packed rows count their leftover padding as tokens
         ratio = bare["s_per_step"] / ours["s_per_step"]
+        # so ours' sample tokens per second are bare's (non-padding, the same samples) x ratio
+        ours["tokens_per_s"] = bare["tokens_per_s"] * ratio
     summary = {
         "model": args.model,
         "recipe": args.recipe,

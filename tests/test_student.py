@@ -64,6 +64,15 @@ def test_pretrained_preset_is_smollm2_under_a_vision_tower():
     assert rows.shape[0] == len(student.tokenizer) == vocab + 40
     assert torch.allclose(rows[vocab], rows[:vocab].mean(0), atol=1e-6)
     assert student.processor.image_seq_len == STUDENT_PRESETS["smollm2"].image_tokens
+    # the random connector starts at the scale of SmolLM2's embeddings (default init: ~3x)
+    image = STUDENT_PRESETS["smollm2"].image
+    with torch.no_grad():
+        pixels = torch.rand(2, 1, 3, image, image, generator=torch.Generator().manual_seed(1))
+        features = student.model.model.get_image_features(pixel_values=pixels * 2 - 1)
+    features = torch.cat(list(features)) if isinstance(features, (list, tuple)) else features
+    feature_rms = features.pow(2).mean(-1).sqrt().mean()
+    embedding_rms = rows[:vocab].pow(2).mean(-1).sqrt().mean()
+    assert 0.7 < float(feature_rms / embedding_rms) < 1.4
 
 
 def test_config_errors_name_the_flag():

@@ -43,3 +43,6 @@ def test_train_throughput_student_recipe_smoke():
     assert summary["ours_s_per_step"] > 0 and summary["bare_s_per_step"] > 0
     expected = summary["bare_s_per_step"] / summary["ours_s_per_step"]
     assert abs(summary["ratio"] - expected) <= 0.01 * expected + 1e-3
+    # ours' sample tokens/s: bare's non-padding count over ours' time (the same samples)
+    tokens = summary["bare_tokens_per_s"] * summary["ratio"]
+    assert abs(summary["ours_tokens_per_s"] - tokens) <= 0.01 * tokens + 0.1

@@ -95,7 +95,9 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
 @contextlib.contextmanager
 def _quiet_token_count():
     """Packed batches carry no attention mask, so the Trainer's token count logs on every step
-    that it counts all tokens (it does: packed rows hold next to no padding)."""
+    that it counts all tokens: the padding at the ends of the packed rows is counted too (on the
+    Cas-SEAT mix at batch 8, about a quarter more than the samples' tokens), so tokens/s of a
+    packed run overstates; compare seconds per step (benchmarks/train_throughput.py)."""
     logger = logging.getLogger("transformers.trainer")
 
     def quiet(record: logging.LogRecord) -> bool:
