@@ -81,15 +81,19 @@ class PipelineConfig(StageConfig):
         "artifacts evaluated, as backend/quant (each must be exported: torch/fp32 is the "
         "trained student itself); the first is the headline",
     )
-    policies: tuple[str, ...] = option(("cot", "cas-seat"), "cascade policies evaluated")
+    policies: tuple[str, ...] = option(
+        ("cot", "cas-seat"),
+        "cascade policies evaluated (cot is read off cas-seat's stage 1 where both are: the same "
+        "prompt, greedy)",
+    )
     eval_limit: int = option(
         0,
-        "held-out problems per evaluation (0: 100 for the headline artifact, 40 for the others; "
+        "held-out problems per evaluation (0: 100 for the headline artifact, 30 for the others; "
         "--fast: 5 and 3; -1: all of them)",
     )
     torch_eval_limit: int = option(
         0,
-        "held-out problems per torch evaluation, the slowest backend (0: 20; --fast: 3; "
+        "held-out problems per torch evaluation, the slowest backend (0: 10; --fast: 3; "
         "-1: as --eval-limit)",
     )
     max_new_tokens: int = option(
@@ -160,10 +164,10 @@ class PipelineConfig(StageConfig):
         elif label == self.evaluate[0]:
             limit = 5 if self.fast else 100
         else:
-            limit = 3 if self.fast else 40
+            limit = 3 if self.fast else 30
         if not label.startswith("torch/") or self.torch_eval_limit < 0:
             return limit
-        torch = self.torch_eval_limit or (3 if self.fast else 20)
+        torch = self.torch_eval_limit or (3 if self.fast else 10)
         return min(torch, limit) if limit else torch
 
     @property

@@ -311,11 +311,14 @@ def _export_rows(key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------ eval, report
 def eval_stage(ctx: Context) -> dict[str, Any]:
-    from runtime.evaluate import EvalConfig, evaluate
+    """Every planned evaluation; a `cot` run whose artifact also has a cascade run is read off
+    that run's stage 1 (`derive_cot`: the same prompt and greedy tokens) instead of generated."""
+    from runtime.evaluate import EvalConfig, derive_cot, evaluate
 
     config = ctx.config
     result: dict[str, Any] = {}
-    for name, art, policy in _evaluations(ctx):
+    plan = _evaluations(ctx)
+    for name, art, policy in sorted(plan, key=lambda item: item[2] == "cot"):
         run = _run_name(name, art.backend, art.quant, policy)
         limit = config.held_out_limit(art.label)
         path = ctx.out / "eval" / run
@@ -332,12 +335,20 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
             threads=config.threads,
         )
         inputs = {"model": _artifact_hash(art.source), "problems": sha256_file(_problems(ctx))}
+        source = _cot_source(ctx, plan, name, art) if policy == "cot" else None
+        if source is not None:
+            inputs["derived_from"] = sha256_file(source / "results.jsonl")
 
-        def work(resume: bool, cfg: Any = eval_config, run: str = run) -> dict[str, Any]:
-            summary = evaluate(
-                dataclasses.replace(cfg, resume=resume),
-                progress=lambda done, total: ctx.progress(f"eval {run}", done, total),
-            )
+        def work(
+            resume: bool, cfg: Any = eval_config, run: str = run, source: Path | None = source
+        ) -> dict[str, Any]:
+            if source is not None:
+                summary = derive_cot(source, cfg.out)
+            else:
+                summary = evaluate(
+                    dataclasses.replace(cfg, resume=resume),
+                    progress=lambda done, total: ctx.progress(f"eval {run}", done, total),
+                )
             return {k: summary.get(k) for k in ("accuracy", "correct", "n")}
 
         stats, status = ctx.stamped(
@@ -345,8 +356,16 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
         )
         ctx.runs[run] = path
         result[run] = {"status": status, **stats}
-        ctx.log(f"  {run}: accuracy {stats['accuracy']:.3f} ({stats['correct']}/{stats['n']})")
+        how = f", read off {source.name}'s stage 1" if source is not None else ""
+        ctx.log(f"  {run}: accuracy {stats['accuracy']:.3f} ({stats['correct']}/{stats['n']}{how})")
     return {"status": _overall(result), **result}
+
+
+def _cot_source(ctx: Context, plan: list, name: str, art: Artifact) -> Path | None:
+    """The cas-seat run of the same student and artifact, if planned (it runs first)."""
+    if (name, art, "cas-seat") not in plan:
+        return None
+    return ctx.runs[_run_name(name, art.backend, art.quant, "cas-seat")]
 
 
 def report_stage(ctx: Context) -> dict[str, Any]:

@@ -13,15 +13,18 @@ evaluation goes on; it counts as wrong.
 from __future__ import annotations
 
 import dataclasses
+import json
 import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from casseat_edge.answers import is_correct
 from casseat_edge.artifacts import (
     JsonlAppender,
     read_jsonl,
+    read_manifest,
     write_json_atomic,
     write_manifest,
 )
@@ -94,7 +97,7 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     rows = rows[: config.limit] if config.limit else rows
     if not rows:
         raise ConfigError(f"--bench {config.bench}: no problems in split {config.split!r}")
-    out = _prepare(Path(config.out), config)
+    out = _prepare(Path(config.out), config.resume)
     cascade = Cascade(
         config.model,
         backend=config.backend,
@@ -129,8 +132,8 @@ def _variant(config: EvalConfig) -> dict[str, str]:
     return {"quant": config.quant} if config.quant and takes else {}
 
 
-def _prepare(out: Path, config: EvalConfig) -> Path:
-    if out.exists() and any(out.iterdir()) and not config.resume:
+def _prepare(out: Path, resume: bool) -> Path:
+    if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(
             f"{out} already exists and is not empty; pass --resume or choose another --out"
         )
@@ -163,6 +166,9 @@ def _solve(
 DEFAULT_QUANT = {"torch": "fp32", "llama.cpp": "gguf", "vllm": "checkpoint"}  # vllm: its own dtype
 
 
+RUN_FACTS = ("model", "name", "backend", "quant", "captions", "model_bytes", "peak_rss_bytes")
+
+
 def _run_facts(config: EvalConfig, cascade: Any) -> dict[str, Any]:
     return {
         "model": config.model,
@@ -173,4 +179,58 @@ def _run_facts(config: EvalConfig, cascade: Any) -> dict[str, Any]:
         "captions": cascade.captions,
         "model_bytes": cascade.engine.model_bytes(),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+CASCADES = ("cas-seat", "cas-seat-refine")
+
+
+def derive_cot(source: str | Path, out: str | Path) -> dict[str, Any]:
+    """The `cot` evaluation of a model read off its `cas-seat` evaluation in `source`, with no
+    generation: `cot` is exactly a cascade's stage 1 (the same `stage1_messages`, decoded greedily
+    from an empty cache), so its tokens, answer and latency are stage 1's. Rows keep stage 1 only
+    and carry `derived_from`; the summary too. `tests/test_eval.py` checks a derived run against
+    a generated one. The pipeline uses it to halve the cost of evaluating both policies."""
+    source, out = Path(source), Path(out)
+    manifest = read_manifest(source, "eval")
+    config = {**manifest["config"], "policy": "cot", "out": str(out), "resume": False}
+    if manifest["config"].get("policy") not in CASCADES:
+        raise ConfigError(
+            f"{source}: a {manifest['config'].get('policy')!r} evaluation has no stage 1 to "
+            f"derive cot from; derive from a {' or '.join(CASCADES)} evaluation"
+        )
+    problems = {p["pid"]: p for p in load_problems(config["bench"]).rows}
+    rows = [
+        _stage1_row(r, problems.get(r["pid"]), str(source)) for _, r in read_jsonl(source / RESULTS)
+    ]
+    out = _prepare(out, resume=False)
+    with JsonlAppender(out / RESULTS) as writer:
+        for row in rows:
+            writer.write(row)
+    previous = json.loads((source / "summary.json").read_text())
+    run = {k: previous.get(k) for k in RUN_FACTS}
+    summary = summarize(rows, problems, {**run, "policy": "cot", "derived_from": str(source)})
+    write_json_atomic(out / "summary.json", summary)
+    extra = {k: v for k, v in manifest.items() if k.startswith("prompt_")}
+    write_manifest(out, "eval", config, manifest.get("inputs"), derived_from=str(source), **extra)
+    return summary
+
+
+def _stage1_row(row: dict[str, Any], problem: dict[str, Any] | None, source: str) -> dict[str, Any]:
+    stages = row.get("stages", [])[:1]
+    if not stages:  # the problem failed before stage 1 ended (its error is kept)
+        return {**row, "policy": "cot", "derived_from": source}
+    first = stages[0]
+    answer = first.get("answer")
+    known = problem is not None and problem.get("answer") is not None
+    return {
+        **{k: v for k, v in row.items() if k != "error"},
+        "policy": "cot",
+        "stages": stages,
+        "answer": answer,
+        "answer_source": "stage1",
+        "verdict": None,
+        "correct": is_correct(answer, problem) if known else None,
+        "wall_ms": first.get("total_ms"),
+        "derived_from": source,
     }

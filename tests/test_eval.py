@@ -12,7 +12,7 @@ from casseat_edge.artifacts import read_jsonl
 from casseat_edge.bench import BenchConfig, make_bench
 from casseat_edge.cli import main
 from casseat_edge.errors import ConfigError
-from runtime.evaluate import EvalConfig, evaluate
+from runtime.evaluate import EvalConfig, derive_cot, evaluate
 from runtime.report import write_report
 
 
@@ -83,3 +83,36 @@ def test_eval_cli_and_report_over_real_runs(bench, tmp_path):
     document = write_report(runs, tmp_path / "report")
     assert [r["label"] for r in document["runs"]] == ["torch/fp32/cot", "torch/fp32/cas-seat"]
     assert (tmp_path / "report" / "tradeoff.png").stat().st_size > 10_000
+
+
+def test_cot_derived_from_cas_seat_equals_a_generated_cot_run(bench, tmp_path):
+    """The packaged SmolLM2 on real llama.cpp: cot read off cas-seat's stage 1 is the cot run."""
+    runs = {}
+    for policy in ("cot", "cas-seat"):
+        runs[policy] = evaluate(
+            EvalConfig(
+                model="embedded:smollm2-135m-instruct",
+                backend="llama.cpp",
+                bench=str(bench),
+                out=str(tmp_path / policy),
+                policy=policy,
+                limit=4,
+                max_new_tokens=40,
+                threads=1,
+            )
+        )
+    derived = derive_cot(tmp_path / "cas-seat", tmp_path / "derived")
+    generated = [r for _, r in read_jsonl(tmp_path / "cot" / "results.jsonl")]
+    rows = [r for _, r in read_jsonl(tmp_path / "derived" / "results.jsonl")]
+    assert [r["pid"] for r in rows] == [r["pid"] for r in generated]
+    for mine, theirs in zip(rows, generated, strict=True):
+        assert mine["stages"][0]["text"] == theirs["stages"][0]["text"]
+        assert mine["stages"][0]["completion_tokens"] == theirs["stages"][0]["completion_tokens"]
+        same = ("policy", "answer", "answer_source", "verdict", "correct")
+        assert {k: mine[k] for k in same} == {k: theirs[k] for k in same}
+    assert any(r["answer"] is not None for r in rows)  # real answers are compared
+    assert derived["accuracy"] == runs["cot"]["accuracy"] and derived["policy"] == "cot"
+    assert derived["derived_from"] == str(tmp_path / "cas-seat")
+    assert derived["verdicts"]["self_eval_accuracy"] is None
+    with pytest.raises(ConfigError, match="no stage 1 to derive cot from"):
+        derive_cot(tmp_path / "cot", tmp_path / "again")

@@ -63,6 +63,11 @@ def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
     assert set(summary["stages"]["export"]) - {"seconds"} == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
     assert summary["stages"]["train"]["cas-seat"]["steps"] == 3
     assert "Exports" in (report / "report.md").read_text()
+    cots = [run for run in summary["stages"]["eval"] if run.endswith("-cot")]
+    assert len(cots) == len(config.evaluate)
+    for run in cots:  # read off the same artifact's cas-seat stage 1
+        cot = json.loads((out / "eval" / run / "summary.json").read_text())
+        assert cot["derived_from"] == str(out / "eval" / run.replace("-cot", "-cas-seat"))
 
 
 def test_rerun_skips_every_unchanged_stage(fast_run):
@@ -82,7 +87,7 @@ def test_rerun_skips_every_unchanged_stage(fast_run):
 def test_config_limits_students_and_evaluations():
     config = PipelineConfig()
     limits = [config.held_out_limit(label) for label in config.evaluate]
-    assert limits == [100, 40, 40, 20]  # the headline (llama.cpp/q8_0), others, torch
+    assert limits == [100, 30, 30, 10]  # the headline (llama.cpp/q8_0), others, torch
     assert PipelineConfig(eval_limit=10).held_out_limit("torch/fp32") == 10
     assert PipelineConfig(eval_limit=60).held_out_limit("llama.cpp/q4_k_m") == 60
     everything = PipelineConfig(eval_limit=-1, torch_eval_limit=-1)
