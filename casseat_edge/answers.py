@@ -12,31 +12,47 @@ reproducible without an API key (report them as "rule-extracted", not as GPT-jud
 Where the answer text comes from, first hit wins: our last `Final answer:` line, the last
 `\\boxed{}`/`\\fbox{}`, the last `<answer>...</answer>` tag, the last "the answer is ..." phrasing,
 and a one-line response itself. `normalize` is the second phase on its own.
+
+Responses are untrusted text of any length: every pattern runs in linear time, the answer line or
+sentence is read up to MAX_PHRASE_CHARS, and markup is peeled at most MAX_MARKUP_LAYERS deep, so
+a 100 KB adversarial response is extracted in tens of milliseconds. A problem's `precision` must
+be 0..MAX_PRECISION decimal places (`DataError` otherwise); wrong argument types are TypeErrors.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
+
+from casseat_edge.errors import DataError
 
 FINAL_ANSWER_PREFIX = "Final answer:"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 SHORT_RESPONSE_CHARS = 100  # a one-line response up to this long is taken as the answer itself
 MAX_NUMBER_CHARS = 400  # longer digit runs are not answers; int() refuses over 4300 digits anyway
 MAX_PHRASE_CHARS = 1000  # an answer sentence is short; the cap keeps many phrasings linear
+MAX_MARKUP_LAYERS = 16  # '**$\\(12\\)$**.' is 4 layers; '"' * 100_000 would be 50_000 passes
 MAX_DISTANCE_CHARS = 500  # edit distance is quadratic, so longer candidates are cut
 FLOAT_TOLERANCE = 1e-9  # float answers without a precision compare within this
+MAX_PRECISION = 15  # decimal places; a double holds 15-17 significant digits, and `:.{n}f` is O(n)
 
-# `\s*` after the colon lets the value sit on the next line ("Final answer:\n12").
-_FINAL_LINE = re.compile(r"final[ \t]+answer[ \t]*[*_]*[ \t]*[:：]\s*[*_]*[ \t]*([^\n]*)", re.I)
+# Every pattern here runs on untrusted model output, so none may backtrack quadratically: runs of
+# spaces then emphasis then spaces are written `[ \t]*(?:[*_]+[ \t]*)?`, the same language as
+# `[ \t]*[*_]*[ \t]*` without its O(n^2) ways of splitting a long run of blanks.
+_MARK = r"[ \t]*(?:[*_]+[ \t]*)?"
+# `\s*` after the colon lets the value sit on the next line ("Final answer:\n12"); the line is read
+# up to MAX_PHRASE_CHARS, as an answer sentence is.
+_FINAL_LINE = re.compile(
+    rf"final[ \t]+answer{_MARK}[:：]\s*[*_]*[ \t]*([^\n]{{0,{MAX_PHRASE_CHARS}}})", re.I
+)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.I | re.S)
+_ANSWER_TAGS = re.compile(r"<(/?)answer>", re.I)
 _PHRASE = re.compile(
     r"\bthe\s+(?:final\s+|correct\s+|right\s+|best\s+)?(?:answer|option|choice)\s+"
-    r"(?:is|should\s+be)\b|\banswer[ \t]*[*_]*[ \t]*:",
+    rf"(?:is|should\s+be)\b|\banswer{_MARK}:",
     re.I,
 )
 _AFTER_PHRASE = re.compile(rf"[ \t:*_\r\n]*([^\n]{{0,{MAX_PHRASE_CHARS}}})")
@@ -82,15 +98,25 @@ def extract(response: str, problem: dict[str, Any], *, strict: bool = False) -> 
     `strict` (for filtering training data, not for scoring) refuses the benchmark rules' lenient
     guesses: no nearest-option fallback, and no truncation of a non-integer to an integer."""
     if not isinstance(response, str):
-        return None
+        raise TypeError(
+            f"extract: response must be the model's reply as a str, found {type(response).__name__}"
+        )
+    _check_problem(problem, "extract")
     candidate = candidate_text(response)
     return None if candidate is None else normalize(candidate, problem, strict=strict)
 
 
 def is_correct(prediction: str | None, problem: dict[str, Any]) -> bool:
     """Whether `prediction` (raw candidate text or a normalized value) matches the answer."""
+    _check_problem(problem, "is_correct")
+    _check_value(prediction, "is_correct", "prediction")
     if prediction is None or problem.get("answer") is None:
         return False
+    if isinstance(problem["answer"], bool) or not isinstance(problem["answer"], (str, int, float)):
+        raise DataError(
+            f"problem {problem.get('pid')!r}: answer: expected a string or number, "
+            f"found {_short_repr(problem['answer'])}"
+        )
     predicted = normalize(prediction, problem)
     expected = normalize(problem["answer"], problem)
     if predicted is None or expected is None:
@@ -107,6 +133,8 @@ def is_correct(prediction: str | None, problem: dict[str, Any]) -> bool:
 
 def normalize(value: str, problem: dict[str, Any], *, strict: bool = False) -> str | None:
     """Candidate text -> the canonical answer string for `problem`'s type, or None if unusable."""
+    _check_problem(problem, "normalize")
+    _check_value(value, "normalize", "value")
     if value is None:
         return None
     text = str(value)
@@ -114,10 +142,10 @@ def normalize(value: str, problem: dict[str, Any], *, strict: bool = False) -> s
     if kind == "multi_choice":
         return _normalize_choice(text, problem, strict)
     if kind in ("integer", "float"):
-        number = parse_number(text, problem.get("unit"))
+        number = parse_number(text, _unit(problem))
         if number is None or (strict and kind == "integer" and number.denominator != 1):
             return None
-        return _format_number(number, kind, problem.get("precision"))
+        return _format_number(number, kind, answer_precision(problem))
     return _normalize_text(text)
 
 
@@ -127,6 +155,63 @@ def answer_kind(problem: dict[str, Any]) -> str:
         return "multi_choice"
     kind = problem.get("answer_type")
     return kind if kind in ("integer", "float") else "text"
+
+
+def answer_precision(problem: dict[str, Any]) -> int | None:
+    """The problem's `precision` (decimal places a float answer is rounded to), checked: an int
+    in 0..MAX_PRECISION or None; anything else is a `DataError` naming the problem."""
+    try:
+        return check_precision(problem.get("precision"))
+    except ValueError as exc:
+        raise DataError(
+            f"problem {problem.get('pid')!r}: precision: {exc}; fix the problem row"
+        ) from None
+
+
+def check_precision(precision: Any) -> int | None:
+    """`precision` as an int in 0..MAX_PRECISION (an integral float is accepted) or None;
+    anything else is a ValueError saying what was expected and found."""
+    if isinstance(precision, float) and precision.is_integer():
+        precision = int(precision)
+    if precision is None or (
+        isinstance(precision, int)
+        and not isinstance(precision, bool)
+        and 0 <= precision <= MAX_PRECISION
+    ):
+        return precision
+    raise ValueError(
+        f"expected decimal places 0..{MAX_PRECISION} or null, found {_short_repr(precision)}"
+    )
+
+
+def _unit(problem: dict[str, Any]) -> str | None:
+    unit = problem.get("unit")
+    if unit is None or isinstance(unit, str):
+        return unit
+    raise DataError(
+        f"problem {problem.get('pid')!r}: unit: expected a string or null, found {unit!r}"
+    )
+
+
+def _check_problem(problem: Any, func: str) -> None:
+    if not isinstance(problem, Mapping):
+        raise TypeError(
+            f"{func}: problem must be a problem row (dict), found {type(problem).__name__}"
+        )
+
+
+def _check_value(value: Any, func: str, name: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+        raise TypeError(
+            f"{func}: {name} must be a str, a number or None, found {type(value).__name__}"
+        )
+
+
+def _short_repr(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:  # repr of 10**5000 itself raises
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # --- phase 1: where the answer text is ---------------------------------------------------------
@@ -149,8 +234,10 @@ def candidate_text(response: str) -> str | None:
 
 
 def _final_line(text: str) -> str | None:
-    found = [m.group(1) for m in _FINAL_LINE.finditer(text) if _strip_markup(m.group(1))]
-    return found[-1] if found else None
+    for match in reversed(list(_FINAL_LINE.finditer(text))):
+        if _strip_markup(match.group(1)):
+            return match.group(1)
+    return None
 
 
 def last_boxed(text: str) -> str | None:
@@ -178,8 +265,16 @@ def _matching_braces(text: str) -> dict[int, int]:
 
 
 def _answer_tag(text: str) -> str | None:
-    found = _ANSWER_TAG.findall(text)
-    return found[-1] if found else None
+    """The last `<answer>...</answer>` content, pairing tags as a lazy `<answer>(.*?)</answer>`
+    scan would (an `<answer>` inside an open one is content), in one pass over the tags: the
+    regex itself rescans to the end from every unclosed `<answer>`."""
+    start, found = None, None
+    for tag in _ANSWER_TAGS.finditer(text):
+        if not tag.group(1) and start is None:
+            start = tag.end()
+        elif tag.group(1) and start is not None:
+            found, start = text[start : tag.start()], None
+    return found
 
 
 def _answer_phrase(text: str) -> str | None:
@@ -203,14 +298,15 @@ def _strip_markup(text: str) -> str:
     """Drop boxes, \\text{}, markdown emphasis, $, matching quotes and a trailing period."""
     boxed = last_boxed(text)
     text = _TEXT_CMD.sub(r"\1", boxed if boxed is not None else text)
-    previous = None
-    while text != previous:
+    for _ in range(MAX_MARKUP_LAYERS):  # a layer a pass, each pass O(len(text))
         previous = text
         text = text.strip().strip("*`$").strip()
         for opening, closing in _PAIRS:
             if len(text) >= len(opening) + len(closing) and text.startswith(opening):
                 text = text[len(opening) : -len(closing)] if text.endswith(closing) else text
         text = text.rstrip(".")
+        if text == previous:
+            break
     return " ".join(text.split())
 
 
@@ -251,7 +347,7 @@ def _to_fraction(token: str) -> Fraction | None:
         return None
 
 
-def _format_number(number: Fraction, kind: str, precision: Any) -> str | None:
+def _format_number(number: Fraction, kind: str, precision: int | None) -> str | None:
     if kind == "integer":
         return str(int(number))  # truncation, as MathVista's str(int(float(x)))
     try:
@@ -262,8 +358,7 @@ def _format_number(number: Fraction, kind: str, precision: Any) -> str | None:
         return None
     if precision is None:
         return str(value)
-    digits = int(precision)
-    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0 turns -0.0 into 0.0
+    return f"{round(value, precision) + 0.0:.{precision}f}"  # + 0.0 turns -0.0 into 0.0
 
 
 def _floats_equal(a: float, b: float, precision: Any) -> bool:
@@ -329,7 +424,7 @@ def _numeric_choice(text: str, choices: list[str]) -> str | None:
 
 def _nearest_choice(text: str, choices: list[str]) -> str:
     target = text.casefold()[:MAX_DISTANCE_CHARS]
-    distances = [edit_distance(target, _canon(c).casefold()) for c in choices]
+    distances = [edit_distance(target, _canon(c).casefold()[:MAX_DISTANCE_CHARS]) for c in choices]
     return choices[distances.index(min(distances))]  # ties go to the first, as MathVista's argmin
 
 

@@ -211,14 +211,19 @@ def _problem_stats(problems: Any) -> dict[str, Any]:
 @bench.command("convert")
 @click.argument("path", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Output directory (our format).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it is a bench directory.")
 @format_option
 @skip_option
 @json_option
-def bench_convert(path: str, out: str, fmt: str, skip_invalid: bool, as_json: bool) -> None:
+def bench_convert(
+    path: str, out: str, overwrite: bool, fmt: str, skip_invalid: bool, as_json: bool
+) -> None:
     """Convert an official dataset file into our problems.jsonl + images/ layout."""
+    from casseat_edge.bench.convert import prepare_convert_out
     from casseat_edge.loaders import convert_problems
 
     problems = _load(path, fmt, skip_invalid)
+    prepare_convert_out(problems, out, overwrite)
     written = convert_problems(problems, out)
     result = {**_problem_stats(problems), "out": str(written)}
     emit(
@@ -547,12 +552,21 @@ def _render_quantize(s: dict[str, Any]) -> str:
 @click.option("--bench", "bench_path", required=True, type=click.Path(), help="Problem set.")
 @format_option
 @json_option
-def score(results: str, bench_path: str, fmt: str, as_json: bool) -> None:
+@click.pass_context
+def score(ctx: click.Context, results: str, bench_path: str, fmt: str, as_json: bool) -> None:
     """Re-score a results.jsonl against a problem set with the rule-based extractor."""
     from casseat_edge.scoring import score_file
 
     problems = _load(bench_path, fmt, skip_invalid=False)
-    summary = score_file(results, {p["pid"]: p for p in problems.rows})
+    by_pid = {p["pid"]: p for p in problems.rows}
+    summary = score_file(results, by_pid, bench=problems.source)
+    missing = summary["missing"]
+    if missing and not ctx.obj.get("quiet"):
+        click.echo(
+            f"warning: {len(missing)} of {len(missing) + summary['n']} rows in {results} name "
+            f"pids not in {problems.source} (first: {missing[0]!r}); they are not scored",
+            err=True,
+        )
     emit(summary, as_json, _render_score)
 
 

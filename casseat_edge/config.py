@@ -2,7 +2,9 @@
 
 Precedence is flag > `--config` YAML > dataclass default. `load_config` merges the three and
 reports every unknown YAML key at once; `click_options` turns a config's fields into CLI options
-whose help is the field's help, so the two cannot drift.
+whose help is the field's help, so the two cannot drift. Every config checks its field values
+against their annotations when it is built (before the subclass's own `__post_init__`), so
+`EvalConfig(limit="x")` is a `ConfigError` naming `limit`, not a TypeError deep in a stage.
 
     @dataclass(frozen=True)
     class BenchConfig(StageConfig):
@@ -12,6 +14,9 @@ whose help is the field's help, so the two cannot drift.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,7 +40,26 @@ def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
-    """Base of every stage config. Subclasses validate in `__post_init__` with `ConfigError`."""
+    """Base of every stage config. Subclasses validate in `__post_init__` with `ConfigError`;
+    the field types are checked before it runs (see `check_field_types`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # a dataclass calls only the most derived `__post_init__`: wrap each subclass's own so
+        # the type check runs first without every subclass remembering to call super()
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_types", False):
+
+            @functools.wraps(own)
+            def post_init(self: StageConfig) -> None:
+                check_field_types(self)
+                own(self)
+
+            post_init._checks_types = True  # type: ignore[attr-defined]
+            cls.__post_init__ = post_init  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -43,6 +67,79 @@ class StageConfig:
     @classmethod
     def field_help(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def check_field_types(config: StageConfig) -> None:
+    """Check each field's value against its annotation (all problems in one `ConfigError`).
+    Sequences become tuples (a string is split at commas, as on the command line); a str field
+    also takes a path."""
+    cls, problems = type(config), []
+    for field, hint in _hints(cls).items():
+        value = getattr(config, field.name)
+        try:
+            checked = _checked_value(value, hint)
+        except TypeError as exc:
+            flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+            problems.append(f"{field.name} ({flag}): expected {exc}, found {_brief(value)}")
+            continue
+        if checked is not value:
+            object.__setattr__(config, field.name, checked)
+    if problems:
+        raise ConfigError(f"{cls.__name__}: " + "; ".join(problems))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[dataclasses.Field, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _checked_value(value: Any, hint: Any) -> Any:
+    """`value` (tuples normalized) if it fits `hint`; else TypeError saying what was expected."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise TypeError("one of: " + ", ".join(map(str, args)))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return value
+        failures = []
+        for option_hint in (a for a in args if a is not type(None)):
+            try:
+                return _checked_value(value, option_hint)
+            except TypeError as exc:
+                failures.append(str(exc))
+        raise TypeError(" or ".join(failures))
+    if origin is tuple or hint is tuple:
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, (list, tuple)):
+            raise TypeError("a list (or a comma-separated string)")
+        item = args[0] if args else Any
+        try:
+            return tuple(_checked_value(v, item) for v in value)
+        except TypeError as exc:
+            raise TypeError(f"a list whose items are each {exc}") from None
+    if hint in _SCALARS and not _SCALARS[hint][0](value):
+        raise TypeError(_SCALARS[hint][1])
+    return value
+
+
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, (str, os.PathLike)), "a string"),
+}
+
+
+def _brief(value: Any) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
 
 
 def _plain(value: Any) -> Any:

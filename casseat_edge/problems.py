@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from casseat_edge.answers import MAX_PRECISION, check_precision
 from casseat_edge.artifacts import parse_json_object
 from casseat_edge.errors import DataError
 
@@ -95,13 +96,13 @@ def _check_types(row: dict[str, Any], where: str) -> None:
         )
     if not isinstance(row["answer"], str) or not row["answer"].strip():
         raise DataError(f"{where}: answer: must be a non-empty string or number")
-    precision = row["precision"]
-    if precision is not None and (not isinstance(precision, int) or precision < 0):
-        raise DataError(
-            f"{where}: precision: expected a non-negative integer or null, found {precision!r}"
-        )
+    try:
+        precision = row["precision"] = check_precision(row["precision"])
+    except ValueError as exc:
+        raise DataError(f"{where}: precision: {exc}") from None
     if row["answer_type"] == "float" and precision is None:
-        row["precision"] = _decimals(row["answer"])
+        # an answer written with more decimals than a double holds is compared at MAX_PRECISION
+        row["precision"] = min(_decimals(row["answer"]), MAX_PRECISION)
     if row["answer_type"] in ("integer", "float") and not _is_number(row["answer"]):
         raise DataError(
             f"{where}: answer: {row['answer']!r} is not a number but answer_type is {row['answer_type']}"

@@ -6,8 +6,11 @@ a summary never trusts a `correct` flag written by another tool. Summaries say
 `"method": "rule-extracted"` so they are not mistaken for GPT-judged leaderboard numbers.
 
     problems = {p["pid"]: p for p in load_jsonl_problems("bench/problems.jsonl").rows}
-    summary = score_file("runs/x/results.jsonl", problems)
+    summary = score_file("runs/x/results.jsonl", problems, bench="bench/problems.jsonl")
     summary["accuracy"], summary["by_family"]["clock"]["accuracy"]
+
+`score_file` refuses a file with no rows, or none of whose pids is in the problem set (results
+of another bench would otherwise score 0/0); rows of unknown pids are listed in `missing`.
 """
 
 from __future__ import annotations
@@ -27,15 +30,43 @@ def score_rows(
     results: list[dict[str, Any]], problems: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
     """Summary of `results` checked against `problems` (pid -> problem): see the module doc."""
+    if not isinstance(results, (list, tuple)):
+        raise TypeError(
+            f"score_rows: results must be a list of dicts, found {type(results).__name__}"
+        )
+    _check_problems(problems, "score_rows")
     return _score(((f"results[{i}]", row) for i, row in enumerate(results)), problems)
 
 
-def score_file(results_path: str | Path, problems: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """`score_rows` over a results JSONL file; a bad line is a `DataError` naming `file:line`."""
+def score_file(
+    results_path: str | Path,
+    problems: dict[str, dict[str, Any]],
+    bench: str | Path = "the problem set",
+) -> dict[str, Any]:
+    """`score_rows` over a results JSONL file; a bad line is a `DataError` naming `file:line`,
+    and so is a file with no rows or with no pid in `problems` (`bench` names where they came
+    from)."""
     path = Path(results_path)
     if not path.is_file():
         raise DataError(f"{path}: results file not found; pass the results.jsonl an eval run wrote")
-    return _score(((f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)), problems)
+    _check_problems(problems, "score_file")
+    summary = _score(((f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)), problems)
+    missing = summary["missing"]
+    if summary["n"] == 0 and not missing:
+        raise DataError(f"{path}: no result rows; pass the results.jsonl an eval run wrote")
+    if summary["n"] == 0:
+        raise DataError(
+            f"{path}: none of its {len(missing)} result pids (first: {missing[0]!r}) is a problem "
+            f"in {bench}; score the results against the bench they were evaluated on"
+        )
+    return summary
+
+
+def _check_problems(problems: Any, func: str) -> None:
+    if not isinstance(problems, dict):
+        raise TypeError(
+            f"{func}: problems must be a dict of pid -> problem, found {type(problems).__name__}"
+        )
 
 
 def prediction_for(row: dict[str, Any], problem: dict[str, Any], where: str) -> str | None:
@@ -79,6 +110,8 @@ def _score(
     missing: list[str] = []
     unanswered = 0
     for where, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a result row (JSON object), found {row!r:.40}")
         pid = _row_pid(row, where)
         problem = problems.get(pid)
         if problem is None:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from casseat_edge.answers import is_correct
 from casseat_edge.artifacts import (
+    MANIFEST,
     JsonlAppender,
     read_jsonl,
     read_manifest,
@@ -31,6 +32,7 @@ from casseat_edge.artifacts import (
 from casseat_edge.config import StageConfig, option
 from casseat_edge.errors import ConfigError
 from casseat_edge.loaders import load_problems
+from casseat_edge.locks import DirectoryLock, is_empty
 from casseat_edge.prompts import POLICIES, prompt_info
 from runtime.summary import summarize
 
@@ -97,28 +99,32 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     rows = rows[: config.limit] if config.limit else rows
     if not rows:
         raise ConfigError(f"--bench {config.bench}: no problems in split {config.split!r}")
-    out = _prepare(Path(config.out), config.resume)
-    cascade = Cascade(
-        config.model,
-        backend=config.backend,
-        policy=config.policy,
-        max_new_tokens=config.max_new_tokens,
-        captions=CAPTIONS[config.captions],
-        **_variant(config),
-        **({"threads": config.threads} if config.threads else {}),
-    )
-    with cascade, JsonlAppender(out / RESULTS) as writer:
-        done = {row["pid"] for _, row in read_jsonl(out / RESULTS) if not row.get("error")}
-        pending = [r for r in rows if r["pid"] not in done]
-        for count, problem in enumerate(pending, len(rows) - len(pending) + 1):
-            writer.write(_solve(cascade, problem, problems.image_path(problem), config))
-            if progress:
-                progress(count, len(rows))
-        run = _run_facts(config, cascade)
-    results = list({r["pid"]: r for _, r in read_jsonl(out / RESULTS)}.values())
-    summary = summarize(results, {p["pid"]: p for p in rows}, run)
-    write_json_atomic(out / "summary.json", summary)
-    write_manifest(out, "eval", config.to_dict(), {"bench": problems.source}, **prompt_info())
+    out = Path(config.out)
+    with DirectoryLock(out):
+        _prepare(out, config)
+        cascade = Cascade(
+            config.model,
+            backend=config.backend,
+            policy=config.policy,
+            max_new_tokens=config.max_new_tokens,
+            captions=CAPTIONS[config.captions],
+            **_variant(config),
+            **({"threads": config.threads} if config.threads else {}),
+        )
+        manifest = (config.to_dict(), {"bench": problems.source})
+        write_manifest(out, "eval", *manifest, status="running", **prompt_info())
+        with cascade, JsonlAppender(out / RESULTS) as writer:
+            done = {row["pid"] for _, row in read_jsonl(out / RESULTS) if not row.get("error")}
+            pending = [r for r in rows if r["pid"] not in done]
+            for count, problem in enumerate(pending, len(rows) - len(pending) + 1):
+                writer.write(_solve(cascade, problem, problems.image_path(problem), config))
+                if progress:
+                    progress(count, len(rows))
+            run = _run_facts(config, cascade)
+        results = list({r["pid"]: r for _, r in read_jsonl(out / RESULTS)}.values())
+        summary = summarize(results, {p["pid"]: p for p in rows}, run)
+        write_json_atomic(out / "summary.json", summary)
+        write_manifest(out, "eval", *manifest, status="done", **prompt_info())
     return summary
 
 
@@ -132,13 +138,46 @@ def _variant(config: EvalConfig) -> dict[str, str]:
     return {"quant": config.quant} if config.quant and takes else {}
 
 
-def _prepare(out: Path, resume: bool) -> Path:
-    if out.exists() and any(out.iterdir()) and not resume:
+# what makes two evaluations the same run: --resume must not mix rows of different ones
+IDENTITY = ("model", "bench", "backend", "policy", "split", "max_new_tokens", "quant", "captions")
+
+
+def _prepare(out: Path, config: EvalConfig) -> None:
+    """An empty --out, or with --resume one holding this same run (its manifest says so)."""
+    if is_empty(out):
+        return
+    if not config.resume:
         raise ConfigError(
             f"{out} already exists and is not empty; pass --resume or choose another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    if not (out / MANIFEST).is_file():
+        raise ConfigError(
+            f"--resume: {out} has no {MANIFEST}, so which run wrote it is unknown; choose "
+            "another --out"
+        )
+    previous = read_manifest(out, "eval")
+    before, now = previous.get("config", {}), config.to_dict()
+    changed = [
+        f"--{k.replace('_', '-')} {before.get(k)!r} (now {now[k]!r})"
+        for k in IDENTITY
+        if _same(k, before.get(k)) != _same(k, now[k])
+    ]
+    if previous.get("prompt_hash") != prompt_info()["prompt_hash"]:
+        changed.append(
+            f"prompts {previous.get('prompt_hash')!r} (now {prompt_info()['prompt_hash']!r})"
+        )
+    if changed:
+        raise ConfigError(
+            f"--resume: {out} holds another evaluation ({'; '.join(changed)}); resume it with "
+            "its own flags or choose another --out"
+        )
+
+
+def _same(key: str, value: Any) -> Any:
+    """Paths compare resolved (`bench` and `./bench` are one run)."""
+    if key in ("model", "bench") and isinstance(value, str) and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
 
 
 def _solve(
@@ -203,16 +242,20 @@ def derive_cot(source: str | Path, out: str | Path) -> dict[str, Any]:
     rows = [
         _stage1_row(r, problems.get(r["pid"]), str(source)) for _, r in read_jsonl(source / RESULTS)
     ]
-    out = _prepare(out, resume=False)
-    with JsonlAppender(out / RESULTS) as writer:
-        for row in rows:
-            writer.write(row)
     previous = json.loads((source / "summary.json").read_text())
     run = {k: previous.get(k) for k in RUN_FACTS}
     summary = summarize(rows, problems, {**run, "policy": "cot", "derived_from": str(source)})
-    write_json_atomic(out / "summary.json", summary)
     extra = {k: v for k, v in manifest.items() if k.startswith("prompt_")}
-    write_manifest(out, "eval", config, manifest.get("inputs"), derived_from=str(source), **extra)
+    with DirectoryLock(out):
+        if not is_empty(out):
+            raise ConfigError(f"{out} already exists and is not empty; choose another --out")
+        with JsonlAppender(out / RESULTS) as writer:
+            for row in rows:
+                writer.write(row)
+        write_json_atomic(out / "summary.json", summary)
+        write_manifest(
+            out, "eval", config, manifest.get("inputs"), derived_from=str(source), **extra
+        )
     return summary
 
 

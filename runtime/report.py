@@ -19,12 +19,15 @@ from typing import Any
 
 from casseat_edge.artifacts import write_bytes_atomic, write_json_atomic
 from casseat_edge.errors import DataError
+from runtime.summary import check_summary
 
 PLOTS = ("tradeoff", "stage_latency", "accuracy_by_family", "verdicts")
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
     """Each run's summary, labelled `backend/quant/policy` (plus the model when runs differ)."""
+    if isinstance(run_dirs, (str, Path)):
+        raise TypeError(f"run_dirs must be a list of run directories, found {run_dirs!r}")
     runs = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "summary.json"
@@ -36,6 +39,11 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
             ) from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: malformed JSON ({exc.msg}); re-run the evaluation") from None
+        except (UnicodeDecodeError, ValueError) as exc:  # not UTF-8; an int of > 4300 digits
+            raise DataError(
+                f"{path}: unreadable ({exc.__class__.__name__}); re-run the evaluation"
+            ) from None
+        check_summary(summary, str(path))
         runs.append({**summary, "dir": str(run_dir)})
     if not runs:
         raise DataError("no run directories given; pass one or more eval output directories")

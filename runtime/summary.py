@@ -8,16 +8,22 @@ p50/p90 per stage and in total, decode tokens/s, and whatever run facts the call
 model bytes, backend, quant, policy).
 
     summary = summarize(rows, problems_by_pid, run={"backend": "llama.cpp", "quant": "q4_k_m"})
+    check_summary(json.loads(path.read_text()), str(path))  # what a reader may rely on
+
+`check_summary` is the contract readers (the report) rely on: a summary read back from disk that
+breaks it is a `DataError` naming the file and the field, not a KeyError inside a plot.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from casseat_edge.answers import extract, is_correct
+from casseat_edge.errors import DataError
 
 LATENCY_FIELDS = ("preprocess_ms", "encode_ms", "prefill_ms", "decode_ms", "ttft_ms")
 
@@ -97,6 +103,10 @@ def summarize(
     run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary of one run (one model x backend x quant x policy)."""
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "pid" in r for r in rows):
+        raise TypeError("summarize: rows must be a list of result rows (dicts with a pid)")
+    if not isinstance(problems, dict):
+        raise TypeError(f"summarize: problems must be a dict, found {type(problems).__name__}")
     scored = []
     for row in rows:
         problem = problems.get(row["pid"])
@@ -118,3 +128,88 @@ def summarize(
         "decode_tokens_per_s": _tokens_per_s(rows),
         "errors": sum(1 for r in rows if r.get("error")),
     }
+
+
+# --- reading a summary back ----------------------------------------------------------------------
+
+VERDICT_KEYS = tuple(
+    f"{c}/{v}" for c in ("correct", "incorrect") for v in ("Accept", "Refine", "none")
+)
+
+
+def check_summary(summary: Any, where: str) -> None:
+    """Raise `DataError("where: field: ...")` unless `summary` has what readers use: `n`,
+    `correct`, `accuracy`, and, where present, the labels, latency percentiles, per-family
+    accuracy and verdict counts with the types `summarize` writes."""
+    _expect(summary, where, "summary", dict, "a JSON object (a run summary)")
+    for key in ("n", "correct"):
+        _expect(summary.get(key), where, key, _is_count, "a count (integer >= 0)")
+    _expect(summary.get("accuracy"), where, "accuracy", _is_fraction, "a number in [0, 1]")
+    for key in ("name", "model", "backend", "quant", "policy"):
+        _expect(summary.get(key), where, key, _optional(str), "a string")
+    for key in ("model_bytes", "decode_tokens_per_s"):
+        _expect(summary.get(key), where, key, _optional(_is_number), "a number or null")
+    _check_latency(summary.get("latency_ms"), where)
+    families = summary.get("by_family")
+    _expect(families, where, "by_family", _optional(dict), "an object")
+    for family, row in (families or {}).items():
+        field = f"by_family.{family}"
+        _expect(row, where, field, dict, "an object")
+        _expect(row.get("accuracy"), where, f"{field}.accuracy", _is_fraction, "a number in [0, 1]")
+    _check_verdicts(summary.get("verdicts"), where)
+
+
+def _check_latency(latency: Any, where: str) -> None:
+    _expect(latency, where, "latency_ms", _optional(dict), "an object")
+    latency = latency or {}
+    _check_percentiles(latency.get("total_ms"), where, "latency_ms.total_ms")
+    stages = latency.get("stages")
+    _expect(stages, where, "latency_ms.stages", _optional(dict), "an object")
+    for name, fields in (stages or {}).items():
+        _expect(fields, where, f"latency_ms.stages.{name}", dict, "an object")
+        for key, value in fields.items():
+            _check_percentiles(value, where, f"latency_ms.stages.{name}.{key}")
+
+
+def _check_percentiles(value: Any, where: str, field: str) -> None:
+    _expect(value, where, field, _optional(dict), "an object")
+    for key in ("p50", "p90"):
+        _expect((value or {}).get(key), where, f"{field}.{key}", _optional(_is_number), "a number")
+
+
+def _check_verdicts(verdicts: Any, where: str) -> None:
+    _expect(verdicts, where, "verdicts", _optional(dict), "an object")
+    if not verdicts:
+        return
+    counts = verdicts.get("counts")
+    _expect(counts, where, "verdicts.counts", dict, f"an object with {', '.join(VERDICT_KEYS)}")
+    for key in VERDICT_KEYS:
+        _expect(counts.get(key), where, f"verdicts.counts.{key}", _is_count, "a count")
+    accuracy = verdicts.get("self_eval_accuracy")
+    _expect(accuracy, where, "verdicts.self_eval_accuracy", _optional(_is_fraction), "a number")
+
+
+def _expect(value: Any, where: str, field: str, ok: Any, what: str) -> None:
+    fits = isinstance(value, ok) if isinstance(ok, type) else ok(value)
+    if not fits:
+        found = "nothing (missing)" if value is None else f"{value!r:.40}"
+        raise DataError(
+            f"{where}: {field}: expected {what}, found {found}; re-run `casseat-edge eval` "
+            "to rewrite it"
+        )
+
+
+def _optional(ok: Any) -> Any:
+    return lambda v: v is None or (isinstance(v, ok) if isinstance(ok, type) else ok(v))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_fraction(value: Any) -> bool:
+    return _is_number(value) and 0 <= value <= 1

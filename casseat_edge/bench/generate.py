@@ -38,6 +38,7 @@ from casseat_edge.errors import ConfigError, DataError
 
 SOURCE = "casseat-synthetic"
 MAX_ATTEMPTS = 50
+MAX_PROBLEMS = 1_000_000  # ~1 ms and ~5 KB a problem: past this, a typo, not a benchmark
 FAMILIES: Mapping[str, Family] = MappingProxyType({k: registry()[k] for k in sorted(registry())})
 
 
@@ -46,7 +47,9 @@ class BenchConfig(StageConfig):
     """Config of the `bench` stage: how many problems, of which families, where to write them."""
 
     out: str = option("bench", "output directory for problems.jsonl, images/ and casseat.json")
-    n: int = option(1000, "number of problems, spread round-robin over the families")
+    n: int = option(
+        1000, f"number of problems (1-{MAX_PROBLEMS:,}), spread round-robin over the families"
+    )
     seed: int = option(0, "random seed; the same config gives byte-identical files")
     families: tuple[str, ...] = option(
         (), "families to generate (empty: all): " + ", ".join(FAMILIES)
@@ -65,7 +68,7 @@ class BenchConfig(StageConfig):
             raise ConfigError(
                 f"--families: unknown family {unknown[0]!r}; valid: {', '.join(FAMILIES)}"
             )
-        _check_int("--n", self.n, 1, None)
+        _check_int("--n", self.n, 1, MAX_PROBLEMS)
         _check_int("--seed", self.seed, None, None)
         _check_int("--image-size", self.image_size, 64, 1024)
         fraction = self.test_fraction
@@ -85,7 +88,8 @@ def _check_int(flag: str, value: Any, low: int | None, high: int | None) -> None
         raise ConfigError(f"{flag}: expected an integer, found {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ConfigError(f"{flag}: expected an integer {bounds}, found {value}")
+        found = value if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        raise ConfigError(f"{flag}: expected an integer {bounds}, found {found}")
 
 
 def schedule(config: BenchConfig) -> Iterator[tuple[str, int]]:
