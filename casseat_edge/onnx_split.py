@@ -1,16 +1,26 @@
-"""The split ONNX layout (as onnx-community / transformers.js publish VLMs) and one runner for it.
+"""The ONNX export layout (as onnx-community publishes models for transformers.js) and one runner.
 
-An ONNX export directory holds `casseat.json` (format "onnx", with an `onnx` section: the
-architecture, layer/head sizes, image token ids and the files of each variant), the model's
-`config.json` and processor files, and under `onnx/`:
+An ONNX export directory is an HF `from_pretrained` directory (`config.json`,
+`generation_config.json`, tokenizer files with the `chat_template` in `tokenizer_config.json`,
+`preprocessor_config.json` / `processor_config.json` for VLMs) plus `casseat.json` (format "onnx",
+with an `onnx` section: the architecture, layer/head sizes, image token ids, the files of each
+variant and the transformers.js `dtype` that loads it) and, under `onnx/`:
 
-- `vision_encoder[_int8].onnx` (VLMs): preprocessed pixels -> image features, one row per image token;
-- `embed_tokens[_int8].onnx`: input_ids -> inputs_embeds;
-- `decoder_model_merged[_int8|_q4].onnx`: inputs_embeds, attention_mask, position_ids
-  ([batch, seq], or [3, batch, seq] for Qwen2-VL's M-RoPE), past_key_values.N.key/value
-  ([batch, kv_heads, past, head_dim]; past 0 on the first call) -> logits, present.N.key/value.
+- text-only models, one merged graph, `model[_int8|_q4].onnx`: input_ids, attention_mask,
+  position_ids, past_key_values.N.key/value ([batch, kv_heads, past, head_dim]; past 0 on the
+  first call) -> logits, present.N.key/value;
+- VLMs, three graphs:
+  `vision_encoder[_int8].onnx`: pixel_values [batch, images, 3, H, W] and pixel_attention_mask
+  [batch, images, H, W] (bool) for Idefics3 (all-zero padding images are dropped in the graph),
+  patches + rotary ids + attention bias for Qwen2-VL -> image_features, one row per image token;
+  `embed_tokens[_int8].onnx`: input_ids -> inputs_embeds;
+  `decoder_model_merged[_int8|_q4].onnx`: the merged graph's inputs with inputs_embeds instead of
+  input_ids (position_ids [3, batch, seq] for Qwen2-VL's M-RoPE).
 
-`SplitOnnxModel` drives the three sessions; both the exporter's verification and the onnxruntime
+The suffixes are transformers.js' dtype suffixes (`int8` -> `_int8`, `q4` -> `_q4`); the int8
+and int4 variants share the `_int8` vision encoder and embeddings (`TRANSFORMERS_JS_DTYPE`).
+
+`SplitOnnxModel` drives the sessions; both the exporter's verification and the onnxruntime
 backend use it, so the code that is verified is the code that serves. Qwen2-VL's position ids are
 computed here exactly as transformers' `get_rope_index` does (numpy), and its vision encoder takes
 the patch (row, column) ids and the per-image attention bias that transformers derives from the
@@ -33,16 +43,30 @@ from casseat_edge.errors import BackendUnavailableError, CasseatError, ModelSpec
 
 ONNX_SUBDIR = "onnx"
 VISION, EMBED, DECODER = "vision_encoder", "embed_tokens", "decoder_model_merged"
-SUFFIX = {"fp32": "", "int8": "_int8", "int4": "_q4"}
+MODEL = "model"  # text-only models: embeddings + decoder in one graph, input_ids in
+DECODERS = (DECODER, MODEL)  # the parts quantized per variant; the others are fp32 or int8
+# our variant -> transformers.js dtype of a decoder part, whose suffix names the file
+TRANSFORMERS_JS_DTYPE = {"fp32": "fp32", "int8": "int8", "int4": "q4"}
+SUFFIX = {"fp32": "", "int8": "_int8", "q4": "_q4"}
 ONNX_EXTRA = "pip install 'onnxruntime>=1.20,<1.33' (a core dependency of casseat-edge)"
 GPU_EXTRA = "pip install 'casseat-edge[gpu]' (onnxruntime-gpu)"
 
 
+def part_dtype(part: str, quant: str) -> str:
+    """The transformers.js dtype of `part` in variant `quant`: the decoder's follows the
+    variant, the vision encoder and embeddings are int8 in both quantized variants."""
+    if part in DECODERS:
+        return TRANSFORMERS_JS_DTYPE[quant]
+    return "fp32" if quant == "fp32" else "int8"
+
+
 def part_file(part: str, quant: str) -> str:
-    """`onnx/<part><suffix>.onnx`: the decoder in every variant, the others in fp32 or int8."""
-    if part != DECODER:
-        quant = "fp32" if quant == "fp32" else "int8"
-    return f"{ONNX_SUBDIR}/{part}{SUFFIX[quant]}.onnx"
+    """`onnx/<part><suffix>.onnx`, the name transformers.js loads for `part_dtype`."""
+    return f"{ONNX_SUBDIR}/{part}{SUFFIX[part_dtype(part, quant)]}.onnx"
+
+
+def parts_for(vision: bool) -> list[str]:
+    return [VISION, EMBED, DECODER] if vision else [MODEL]
 
 
 def import_onnxruntime() -> Any:
@@ -153,6 +177,7 @@ class SplitOnnxModel:
             )
             for part, name in self.files.items()
         }
+        self.main = MODEL if MODEL in self.sessions else DECODER  # the part giving logits
         self.layers = int(self.info["num_layers"])
         self.position_rows = int(self.info["position_rows"])
         self.rope_delta = 0
@@ -177,7 +202,7 @@ class SplitOnnxModel:
             merge = int(self.info["spatial_merge_size"])
             feeds.update(qwen2vl_vision_inputs(extra["image_grid_thw"], merge))
         else:
-            feeds = {"pixel_values": _real_images(extra)}
+            feeds = idefics3_vision_inputs(extra)
         features = self.sessions[VISION].run(None, feeds)[0]
         return features.reshape(-1, features.shape[-1])
 
@@ -190,11 +215,26 @@ class SplitOnnxModel:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Evaluate ids[start:] on top of `past` (which holds ids[:start]); [seq, vocab] logits
         and the new past. Image inputs are used on a prefill from 0 only."""
-        new = ids[start:]
+        feeds = {
+            **self._token_inputs(ids[start:], extra if start == 0 else None),
+            "attention_mask": np.ones((1, len(ids)), np.int64),
+            "position_ids": self._positions(ids, start, extra),
+        }
+        past = past if past is not None else self.empty_past()
+        for i in range(self.layers):
+            feeds[f"past_key_values.{i}.key"] = past[2 * i]
+            feeds[f"past_key_values.{i}.value"] = past[2 * i + 1]
+        logits, *present = self.sessions[self.main].run(None, feeds)
+        return logits[0], present
+
+    def _token_inputs(self, new: list[int], extra: dict[str, Any] | None) -> dict[str, Any]:
+        """input_ids for the merged text graph; for a VLM's decoder, their embeddings with the
+        image features scattered into the image-token rows (as transformers.js merges them)."""
+        if self.main == MODEL:
+            return {"input_ids": np.array([new], np.int64)}
         embeds = self.embed(new)
-        image_id = self.info.get("image_token_id")
-        if extra and start == 0 and VISION in self.sessions:
-            mask = np.array(new) == image_id
+        if extra and VISION in self.sessions:
+            mask = np.array(new) == self.info.get("image_token_id")
             t0 = time.perf_counter()
             features = self.image_features(extra)
             self.encode_s += time.perf_counter() - t0
@@ -204,17 +244,7 @@ class SplitOnnxModel:
                     f"{features.shape[0]} features; the processor and export disagree"
                 )
             embeds[0, mask] = features
-        feeds = {
-            "inputs_embeds": embeds,
-            "attention_mask": np.ones((1, len(ids)), np.int64),
-            "position_ids": self._positions(ids, start, extra),
-        }
-        past = past if past is not None else self.empty_past()
-        for i in range(self.layers):
-            feeds[f"past_key_values.{i}.key"] = past[2 * i]
-            feeds[f"past_key_values.{i}.value"] = past[2 * i + 1]
-        logits, *present = self.sessions[DECODER].run(None, feeds)
-        return logits[0], present
+        return {"inputs_embeds": embeds}
 
     def _positions(self, ids: list[int], start: int, extra: dict[str, Any] | None) -> np.ndarray:
         if self.position_rows == 1:
@@ -227,16 +257,12 @@ class SplitOnnxModel:
         return np.broadcast_to(text, (3, 1, len(text))).copy()
 
 
-def _real_images(extra: dict[str, np.ndarray]) -> np.ndarray:
-    """Idefics3 pixels [batch, images, 3, H, W] -> the real (not all-zero padding) images, as
-    transformers keeps them. The encoder assumes whole frames (what Idefics3's processor makes)."""
+def idefics3_vision_inputs(extra: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The Idefics3 processor's pixel_values [batch, images, 3, H, W] and pixel_attention_mask
+    [batch, images, H, W], typed as the vision encoder (and transformers.js) takes them; without
+    a mask every pixel counts, as in transformers."""
     pixels = extra["pixel_values"].astype(np.float32)
-    pixels = pixels.reshape(-1, *pixels.shape[-3:])
-    real = ~(pixels == 0.0).all(axis=(1, 2, 3))
     mask = extra.get("pixel_attention_mask")
-    if mask is not None and not mask.reshape(-1, *mask.shape[-2:])[real].all():
-        raise CasseatError(
-            "a padded image frame reached the Idefics3 ONNX vision encoder, which takes whole "
-            "frames only; resize the image with the model's own processor"
-        )
-    return pixels[real]
+    if mask is None:
+        mask = np.ones((*pixels.shape[:2], *pixels.shape[-2:]), bool)
+    return {"pixel_values": pixels, "pixel_attention_mask": mask.astype(bool)}

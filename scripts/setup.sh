@@ -39,5 +39,18 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "note: chromium not installed (needs root and apt-get); the report render test will skip" >&2
   fi
 fi
+
+# transformers.js (Node) for the test that runs our ONNX exports in it, pinned by
+# tests/js/package-lock.json (tests/js/.npmrc: no install scripts). Skipped when the installed tree
+# is newer than the lock file; where npm is missing or the install fails, the test skips with why.
+if command -v npm >/dev/null 2>&1; then
+  if [ ! tests/js/node_modules/.package-lock.json -nt tests/js/package-lock.json ]; then
+    npm ci --prefix tests/js --no-audit --no-fund >/dev/null \
+      || echo "note: npm ci in tests/js failed; the transformers.js test will skip" >&2
+  fi
+else
+  echo "note: npm not installed (needs Node.js 18+); the transformers.js test will skip" >&2
+fi
+
 "$PY" -c "import casseat_edge, llama_cpp, torch; print('casseat-edge', casseat_edge.__version__, \
 '| torch', torch.__version__, '| llama-cpp-python', llama_cpp.__version__)"

@@ -1,4 +1,5 @@
-"""ONNX export (split layout): tracing, int8/int4 quantization and verification in onnxruntime.
+"""ONNX export (transformers.js layout): tracing, int8/int4 quantization and verification in
+onnxruntime. (tests/test_transformersjs.py runs the exports in transformers.js itself.)
 
 Each tiny model is exported once per module in fp32, int8 and int4 (~10 s each: tracing, the
 quantizers, and verification against PyTorch). The embedded SmolLM2 export (~90 s) is slow.
@@ -43,19 +44,26 @@ def test_files_manifest_and_sizes(exported) -> None:
     assert manifest["kind"] == "export" and manifest["format"] == "onnx"
     assert manifest["inputs"]["config.json"] and manifest["passed"] is True
     vision = model != "tiny:llama"
-    parts = {"embed_tokens", "decoder_model_merged"} | ({"vision_encoder"} if vision else set())
+    parts = {"vision_encoder", "embed_tokens", "decoder_model_merged"} if vision else {"model"}
+    main = "decoder_model_merged" if vision else "model"
     for quant in ALL:
         files = manifest["onnx"]["variants"][quant]
         assert set(files) == parts and all((out / f).is_file() for f in files.values())
+    dtypes = manifest["onnx"]["transformers_js_dtype"]
+    assert dtypes["fp32"][main] == "fp32" and dtypes["int4"][main] == "q4"
+    assert manifest["onnx"]["variants"]["int4"][main] == f"onnx/{main}_q4.onnx"
     names = {f["file"]: f for f in summary["files"]}
-    fp32 = names["onnx/decoder_model_merged.onnx"]
-    assert 31.9 < fp32["bits_per_weight"] < 33
-    assert 7.5 < names["onnx/decoder_model_merged_int8.onnx"]["bits_per_weight"] < 10
-    assert 4 < names["onnx/decoder_model_merged_q4.onnx"]["bits_per_weight"] < 6
+    assert 31.9 < names[f"onnx/{main}.onnx"]["bits_per_weight"] < 33
+    assert 7.5 < names[f"onnx/{main}_int8.onnx"]["bits_per_weight"] < 10
+    # the merged text graph carries the int8 embedding table beside the 4-bit matrices
+    assert 4 < names[f"onnx/{main}_q4.onnx"]["bits_per_weight"] < (6 if vision else 7.5)
     sizes = {v["quant"]: v["size_mb"] for v in summary["variants"]}
     assert sizes["fp32"] > 3 * sizes["int8"] > 3 * sizes["int4"] / 1.5
     for name in ("config.json", "generation_config.json", "tokenizer.json"):
         assert (out / name).is_file()
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in tokenizer_config["chat_template"]  # where transformers.js reads it
+    assert (out / "preprocessor_config.json").is_file() == vision
 
 
 def test_every_variant_loads_and_verification_passes(exported) -> None:
@@ -98,19 +106,48 @@ def test_qwen2vl_positions_match_transformers_get_rope_index(tmp_path) -> None:
     assert our_delta != 0  # the image really shifted the text positions
 
 
-def _perturbed_embed(real):
-    """Write the real embed_tokens graph, then scale its table: a broken export to catch."""
+def test_idefics3_vision_encoder_masks_like_transformers() -> None:
+    """pixel_attention_mask is used as transformers uses it: a padding image is dropped, a partly
+    padded frame gets the patch mask and the bucketed position ids of its real patches."""
+    import onnxruntime as ort
+    import torch
 
-    def write(model, path, opset):
+    from casseat_edge.models import load_model
+    from tests.tiny_exports import exported_onnx
+
+    loaded = load_model("tiny:smolvlm")
+    side = loaded.model.config.vision_config.image_size
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 3, side, side)).astype(np.float32)
+    mask = np.ones((1, 3, side, side), bool)
+    rows, cols = side * 5 // 8, side * 3 // 8  # whole patches (16 px) of a 64 px frame
+    pixels[0, 1, :, rows:], pixels[0, 1, :, :, cols:], pixels[0, 2] = 0, 0, 0
+    mask[0, 1, rows:], mask[0, 1, :, cols:], mask[0, 2] = False, False, False
+    with torch.no_grad():
+        ref = loaded.model.model.get_image_features(
+            torch.from_numpy(pixels), torch.from_numpy(mask)
+        )
+    session = ort.InferenceSession(str(exported_onnx("tiny:smolvlm") / "onnx/vision_encoder.onnx"))
+    got = session.run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})[0]
+    assert got.shape == ref.shape == (2, *ref.shape[1:])
+    assert np.abs(got - ref.numpy()).max() < 1e-5 * np.abs(ref.numpy()).max()
+    unmasked = {"pixel_values": pixels[:, 1:2], "pixel_attention_mask": np.ones_like(mask[:, 1:2])}
+    assert not np.allclose(session.run(None, unmasked)[0][0], got[1], atol=1e-3)  # mask is used
+
+
+def _perturbed(real):
+    """Write the real graph, then scale its matrices: a broken export to catch."""
+
+    def write(model, family, path, opset, *args):
         import onnx
         from onnx import numpy_helper
 
-        real(model, path, opset)
+        info = real(model, family, path, opset, *args)
         graph = onnx.load(str(path))
         for init in graph.graph.initializer:
             if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2:
                 init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
         onnx.save(graph, str(path))
+        return info
 
     return write
 
@@ -118,7 +155,7 @@ def _perturbed_embed(real):
 def test_broken_export_fails_verification_with_exit_3(tmp_path, monkeypatch) -> None:
     import export.onnx as onnx_export
 
-    monkeypatch.setattr(onnx_export, "export_embed", _perturbed_embed(onnx_export.export_embed))
+    monkeypatch.setattr(onnx_export, "export_decoder", _perturbed(onnx_export.export_decoder))
     out = tmp_path / "broken"
     args = ["export", "--format", "onnx", "--model", "tiny:llama", "--out", str(out),
             "--quant", "fp32", "--positions", "32"]  # fmt: skip
@@ -126,7 +163,7 @@ def test_broken_export_fails_verification_with_exit_3(tmp_path, monkeypatch) -> 
     assert result.exit_code == 3, result.output
     assert "verification failed" in result.stderr and "logits (fp32)" in result.stderr
     manifest = json.loads((out / "casseat.json").read_text())
-    assert manifest["passed"] is False and (out / "onnx/decoder_model_merged.onnx").is_file()
+    assert manifest["passed"] is False and (out / "onnx/model.onnx").is_file()
 
 
 @pytest.mark.skipif(not has_module("optimum.exporters.onnx"), reason="needs optimum-onnx (dev)")
@@ -149,7 +186,11 @@ def test_text_decoder_matches_optimum_export(tmp_path) -> None:
         if item.name.startswith("past_key_values"):
             feeds[item.name] = np.zeros((1, item.shape[1], 0, item.shape[3]), np.float32)
     optimum_logits = theirs.run(["logits"], feeds)[0][0]
-    our_logits, _ = SplitOnnxModel(tmp_path / "ours").forward(ids, 0, None)
+    runner = SplitOnnxModel(tmp_path / "ours")
+    ours = runner.sessions["model"]  # the same graph interface transformers.js loads as `model`
+    for kind in ("get_inputs", "get_outputs"):
+        assert {i.name for i in getattr(ours, kind)()} == {i.name for i in getattr(theirs, kind)()}
+    our_logits, _ = runner.forward(ids, 0, None)
     assert np.abs(our_logits - optimum_logits).max() < 1e-5 * np.abs(optimum_logits).max()
 
 

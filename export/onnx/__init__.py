@@ -1,12 +1,14 @@
-"""ONNX export in the split layout onnx-community / transformers.js use, verified in onnxruntime.
+"""ONNX export in the layout onnx-community / transformers.js use, verified in onnxruntime.
 
-Writes, into an export directory: `onnx/vision_encoder.onnx` (VLMs), `onnx/embed_tokens.onnx`,
-`onnx/decoder_model_merged.onnx` (layout: `casseat_edge.onnx_split`), the quantized variants asked
-for (decoder `_int8` / `_q4`: onnxruntime's MatMulNBits 8 / 4 bits; vision encoder and embeddings
-`_int8`: its dynamic int8, shared by both),
-the model's `config.json`, generation config and processor files, and `casseat.json` (kind
-"export", format "onnx", the files of each variant with sizes and bits per weight, the parity
-table, the source hashes). Verification against PyTorch is on by default; a failing row raises
+Writes, into an export directory (layout: `casseat_edge.onnx_split`): for text-only models the
+merged `onnx/model.onnx`, for VLMs `onnx/vision_encoder.onnx`, `onnx/embed_tokens.onnx` and
+`onnx/decoder_model_merged.onnx`; the quantized variants asked for under transformers.js' dtype
+suffixes (decoder or merged model `_int8` / `_q4`: onnxruntime's MatMulNBits 8 / 4 bits; vision
+encoder, embeddings and the merged model's embedding table: its dynamic int8, shared by both);
+the model's `config.json`, generation config and processor files with the chat template in
+`tokenizer_config.json` (where transformers.js reads it), and `casseat.json` (kind "export",
+format "onnx", the files of each variant with sizes and bits per weight, the transformers.js
+dtype that loads each variant, the parity table, the source hashes). Verification against PyTorch is on by default; a failing row raises
 `ParityError` (exit 3) after the artifact is written. The onnxruntime backend serves the directory.
 
     from casseat_edge.config import load_config
@@ -17,6 +19,7 @@ table, the source hashes). Verification against PyTorch is on by default; a fail
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,16 @@ from typing import Any
 from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
 from casseat_edge.errors import ParityError
 from casseat_edge.models import load_model, resolve_model
-from casseat_edge.onnx_split import DECODER, EMBED, VISION, part_file
+from casseat_edge.onnx_split import (
+    DECODER,
+    DECODERS,
+    EMBED,
+    MODEL,
+    VISION,
+    part_dtype,
+    part_file,
+    parts_for,
+)
 from casseat_edge.registry import EXPORTERS
 from export.onnx.config import ONNX_QUANTS, OnnxExportConfig
 from export.onnx.graphs import FAMILIES, export_decoder, export_embed, export_vision, family_for
@@ -41,7 +53,8 @@ __all__ = ["OnnxExportConfig", "OnnxExporter", "export_onnx"]
 
 @EXPORTERS.register("onnx")
 class OnnxExporter:
-    """Split ONNX (vision_encoder / embed_tokens / decoder_model_merged), fp32/int8/int4, verified."""
+    """transformers.js-layout ONNX (model, or vision_encoder / embed_tokens /
+    decoder_model_merged), fp32/int8/int4, verified."""
 
     config_class = OnnxExportConfig
     quant_types = ONNX_QUANTS
@@ -71,7 +84,9 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
         for part in params:
             (out / part_file(part, "fp32")).unlink()
     _save_model_files(loaded, out)
-    onnx_info = {**info, **_token_info(loaded.model.config), "variants": variants}
+    dtypes = {q: {p: part_dtype(p, q) for p in parts} for q, parts in variants.items()}
+    onnx_info = {**info, **_token_info(loaded.model.config), "variants": variants,
+                 "transformers_js_dtype": dtypes}  # fmt: skip
     files = _file_rows(out, variants, params)
     summary = {
         "out": str(out), "model": config.model, "architecture": family.architecture,
@@ -94,7 +109,7 @@ def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
 
 
 def _parts(family: Any) -> list[str]:
-    return ([VISION] if family.vision else []) + [EMBED, DECODER]
+    return parts_for(family.vision is not None)
 
 
 def _write_fp32(loaded: Any, family: Any, out: Path, opset: int) -> dict[str, Any]:
@@ -102,10 +117,12 @@ def _write_fp32(loaded: Any, family: Any, out: Path, opset: int) -> dict[str, An
     attention = model.config._attn_implementation
     model.set_attn_implementation("eager")  # one plain attention graph (see graphs.py)
     try:
+        if family.vision is None:
+            info = export_decoder(model, family, out / part_file(MODEL, "fp32"), opset, True)
+            return {"architecture": family.architecture, "opset": opset, **info}
         info = export_decoder(model, family, out / part_file(DECODER, "fp32"), opset)
         export_embed(model, out / part_file(EMBED, "fp32"), opset)
-        if family.vision:
-            export_vision(model, family, out / part_file(VISION, "fp32"), opset)
+        export_vision(model, family, out / part_file(VISION, "fp32"), opset)
     finally:
         model.set_attn_implementation(attention)
     return {"architecture": family.architecture, "opset": opset, **info}
@@ -118,8 +135,10 @@ def _quantize(out: Path, variants: dict[str, dict[str, str]], block_size: int) -
             if quant == "fp32" or name in done:
                 continue
             src, dst = out / part_file(part, "fp32"), out / name
-            if part == DECODER:
+            if part in DECODERS:
                 quantize_nbits(src, dst, 8 if quant == "int8" else 4, block_size)
+                if part == MODEL:  # its embedding table, as the split embed_tokens is
+                    quantize_int8(dst, dst, ("Gather",))
             else:
                 quantize_int8(src, dst, ("Gather",) if part == EMBED else ("MatMul",))
             done.add(name)
@@ -135,17 +154,25 @@ def _token_info(config: Any) -> dict[str, Any]:
 
 
 def _save_model_files(loaded: Any, out: Path) -> None:
-    """config.json, generation_config.json and the processor/tokenizer, as transformers.js reads."""
+    """config.json, generation_config.json and the processor/tokenizer, as transformers.js reads
+    them: it takes the chat template from tokenizer_config.json only (transformers saves it to
+    chat_template.jinja / processor files), so it is written there too."""
     loaded.model.config.save_pretrained(out)
     loaded.model.generation_config.save_pretrained(out)
     loaded.processor.save_pretrained(out)
+    template = getattr(loaded.processor, "chat_template", None) or loaded.tokenizer.chat_template
+    if template:
+        path = out / "tokenizer_config.json"
+        config = json.loads(path.read_text())
+        config["chat_template"] = template
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def _file_rows(out: Path, variants: dict, params: dict[str, int]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for quant, parts in variants.items():
         for part, name in parts.items():
-            kind = quant if part == DECODER or quant == "fp32" else "int8"
+            kind = quant if part in DECODERS or quant == "fp32" else "int8"
             rows.setdefault(name, onnx_file_info(out, name, part, kind, params[part]))
     return list(rows.values())
 

@@ -17,7 +17,8 @@ ONNX_QUANTS = ("fp32", "int8", "int4")
 
 @dataclasses.dataclass(frozen=True)
 class OnnxExportConfig(StageConfig):
-    """Config of the ONNX export stage (vision_encoder / embed_tokens / decoder_model_merged)."""
+    """Config of the ONNX export stage (transformers.js layout: onnx/model.onnx for text models,
+    vision_encoder / embed_tokens / decoder_model_merged for VLMs)."""
 
     model: str = option(
         DEFAULT_MODEL, "source model spec (HF directory, tiny:<arch>, embedded:...)"
@@ -26,7 +27,8 @@ class OnnxExportConfig(StageConfig):
         "export-onnx", "output directory (onnx/*.onnx, config and processor files, casseat.json)"
     )
     quant: tuple[str, ...] = option(
-        ("fp32",), "decoder variants, several allowed: " + "|".join(ONNX_QUANTS)
+        ("fp32",),
+        "variants, several allowed: " + "|".join(ONNX_QUANTS) + " (int4 files are named _q4)",
     )
     verify: bool = option(True, "compare onnxruntime against the PyTorch model after writing")
     overwrite: bool = option(False, "replace an existing export directory --out")

@@ -1,18 +1,21 @@
-"""The three graphs of the split layout, traced from the transformers model with torch.onnx
+"""The graphs of the transformers.js layout, traced from the transformers model with torch.onnx
 (TorchScript exporter, `dynamo=False`), and the per-family table that says where each part lives.
 
-- decoder: the text model + lm_head behind flat past tensors. transformers 4.57 keeps the KV cache
-  in `DynamicCache` objects, so the wrapper builds one from `past_key_values.N.key/value` and
+- decoder: the text model + lm_head behind flat past tensors; for text-only models the embedding
+  lookup is traced in too (the merged `model.onnx`, input_ids in), for VLMs it takes
+  inputs_embeds (`decoder_model_merged.onnx`). transformers 4.57 keeps the KV cache in
+  `DynamicCache` objects, so the wrapper builds one from `past_key_values.N.key/value` and
   returns its layers as `present.N.*`. The causal + padding mask is built here as a 4D additive
   mask (transformers passes a 4D mask straight through), so no mask-building code is traced.
   Attention runs in eager mode for export: one plain softmax(QK^T + mask)V graph.
-- embed_tokens: the input embedding table.
-- vision_encoder: Idefics3's SigLIP tower + connector for whole frames (the position ids
-  transformers' bucketing gives a full frame, computed once at export); Qwen2-VL's ViT with its attention restated
+- embed_tokens (VLMs): the input embedding table.
+- vision_encoder: Idefics3's SigLIP tower + connector on the processor's [batch, images, 3, H, W]
+  pixels and pixel mask (padding images dropped, patch mask and bucketed position ids computed
+  in the graph, as transformers does in Python); Qwen2-VL's ViT with its attention restated
   over an explicit block-diagonal bias and rotary ids given as inputs (transformers splits the
   sequence with `.tolist()` and builds the ids in Python, which a trace would freeze).
 
-    family = family_for(loaded)
+    family = family_for("Idefics3ForConditionalGeneration")
     export_decoder(loaded.model, family, "onnx/decoder_model_merged.onnx", opset=17)
 """
 
@@ -43,30 +46,47 @@ class OnnxFamily:
 
 
 class Idefics3Vision(nn.Module):
-    """Whole frames [n, 3, H, W] -> connector output [n, image_seq_len, text hidden]."""
+    """pixel_values [batch, images, 3, H, W] + pixel_attention_mask [batch, images, H, W] ->
+    connector output [real images, image_seq_len, text hidden], as transformers'
+    `get_image_features` computes it: all-zero (padding) images are dropped, the pixel mask
+    becomes a patch mask that masks attention keys and picks each patch's bucketed position id."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.tower, self.connector = model.model.vision_model, model.model.connector
-        self.register_buffer("position_ids", full_frame_position_ids(self.tower.embeddings))
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         emb = self.tower.embeddings
-        patches = emb.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
-        positions = emb.position_embedding(self.position_ids)[None]
-        hidden = self.tower.encoder(inputs_embeds=patches + positions)
-        hidden = self.tower.post_layernorm(hidden.last_hidden_state)
-        return self.connector(hidden)
+        self.patch, self.side = emb.patch_size, emb.num_patches_per_side
+        side = self.side
+        self.register_buffer("boundaries", torch.arange(1 / side, 1.0, 1 / side))
 
+    def forward(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor):  # noqa: ANN201
+        frames = pixel_values.flatten(0, 1)
+        real = (frames != 0).flatten(1).sum(1) > 0
+        real = real | ((torch.arange(real.shape[0]) == 0) & (real.sum() == 0))  # keep one
+        frames, mask = frames[real], pixel_attention_mask.flatten(0, 1)[real]
+        n, _, height, width = frames.shape
+        rows, cols = height // self.patch, width // self.patch
+        patches = mask.reshape(n, rows, self.patch, cols, self.patch).sum((2, 4)) > 0
+        emb = self.tower.embeddings
+        hidden = emb.patch_embedding(frames).flatten(2).transpose(1, 2)
+        hidden = hidden + emb.position_embedding(self._position_ids(patches))
+        keys = patches.flatten(1)[:, None, None, :]
+        low = torch.tensor(torch.finfo(hidden.dtype).min, dtype=hidden.dtype)
+        bias = torch.where(keys, torch.zeros((), dtype=hidden.dtype), low)
+        hidden = self.tower.encoder(inputs_embeds=hidden, attention_mask=bias)
+        return self.connector(self.tower.post_layernorm(hidden.last_hidden_state))
 
-def full_frame_position_ids(embeddings: Any) -> torch.Tensor:
-    """The position ids transformers' Idefics3 embeddings give a whole frame: its fractional
-    bucketing, restated for a full patch grid (it maps patch 1 of a row to bucket 0 too)."""
-    n = embeddings.num_patches_per_side
-    boundaries = torch.arange(1 / n, 1.0, 1 / n)
-    fractions = torch.arange(n, dtype=torch.float32) / n * (1 - 1e-6)
-    buckets = torch.bucketize(fractions, boundaries, right=True)
-    return (buckets[:, None] * n + buckets).flatten()
+    def _position_ids(self, patches: torch.Tensor) -> torch.Tensor:
+        """transformers' fractional bucketing, restated with tensors: the real patches of a
+        frame (a top-left rectangle) spread over the full position grid; padding patches 0."""
+        n_rows = patches[:, :, 0].sum(1).float()[:, None]
+        n_cols = patches[:, 0, :].sum(1).float()[:, None]
+        rows = torch.arange(patches.shape[1], dtype=torch.float32)[None] / n_rows * (1 - 1e-6)
+        cols = torch.arange(patches.shape[2], dtype=torch.float32)[None] / n_cols * (1 - 1e-6)
+        bucket_rows = (self.boundaries <= rows[..., None]).sum(-1)  # bucketize(right=True)
+        bucket_cols = (self.boundaries <= cols[..., None]).sum(-1)
+        ids = bucket_rows[:, :, None] * self.side + bucket_cols[:, None, :]
+        return torch.where(patches, ids, torch.zeros_like(ids)).flatten(1)
 
 
 class Qwen2VLVision(nn.Module):
@@ -114,7 +134,7 @@ FAMILIES = {
             lambda m: m.model.text_model,
             lambda m: m.lm_head,
             vision=Idefics3Vision,
-            vision_inputs=("pixel_values",),
+            vision_inputs=("pixel_values", "pixel_attention_mask"),
         ),
         OnnxFamily(
             "Qwen2VLForConditionalGeneration",
@@ -138,16 +158,19 @@ def family_for(architecture: str | None) -> OnnxFamily:
 
 
 class Decoder(nn.Module):
-    """inputs_embeds, attention_mask, position_ids, flat past -> logits, flat present."""
+    """inputs_embeds (or input_ids, with `with_embeddings`), attention_mask, position_ids, flat
+    past -> logits, flat present."""
 
-    def __init__(self, model: Any, family: OnnxFamily) -> None:
+    def __init__(self, model: Any, family: OnnxFamily, with_embeddings: bool = False) -> None:
         super().__init__()
         self.text, self.head = family.text_model(model), family.lm_head(model)
+        self.embed = model.get_input_embeddings() if with_embeddings else None
         self.layers = self.text.config.num_hidden_layers
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, *past):  # noqa: ANN001
+    def forward(self, tokens, attention_mask, position_ids, *past):  # noqa: ANN001
         from transformers import DynamicCache
 
+        inputs_embeds = tokens if self.embed is None else self.embed(tokens)
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
         cache = DynamicCache(ddp_cache_data=pairs)
         out = self.text(
@@ -171,34 +194,41 @@ def additive_mask(attention_mask: torch.Tensor, embeds: torch.Tensor) -> torch.T
     return torch.where(allowed, torch.zeros((), dtype=embeds.dtype), low)
 
 
-def decoder_names(layers: int) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+def decoder_names(
+    layers: int, tokens: str = "inputs_embeds"
+) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
     past = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     present = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
     axes: dict[str, dict[int, str]] = {
-        "inputs_embeds": {0: "batch", 1: "sequence"},
+        tokens: {0: "batch", 1: "sequence"},
         "attention_mask": {0: "batch", 1: "total_sequence"},
         "logits": {0: "batch", 1: "sequence"},
     }
     axes.update({name: {0: "batch", 2: "past_sequence"} for name in past})
     axes.update({name: {0: "batch", 2: "total_sequence"} for name in present})
-    return ["inputs_embeds", "attention_mask", "position_ids", *past], ["logits", *present], axes
+    return [tokens, "attention_mask", "position_ids", *past], ["logits", *present], axes
 
 
-def export_decoder(model: Any, family: OnnxFamily, path: Path, opset: int) -> dict[str, Any]:
-    """Trace with a 3-token past and 2 new tokens (both axes dynamic); returns the shape info."""
-    wrapper = Decoder(model, family).eval()
+def export_decoder(
+    model: Any, family: OnnxFamily, path: Path, opset: int, with_embeddings: bool = False
+) -> dict[str, Any]:
+    """Trace with a 3-token past and 2 new tokens (both axes dynamic); returns the shape info.
+    `with_embeddings`: the merged text graph (input_ids in) transformers.js loads as `model`."""
+    wrapper = Decoder(model, family, with_embeddings).eval()
     config = wrapper.text.config
     kv_heads = config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     past = [torch.randn(1, kv_heads, 3, head_dim) for _ in range(2 * wrapper.layers)]
-    embeds = torch.randn(1, 2, config.hidden_size)
+    tokens = torch.tensor([[1, 2]]) if with_embeddings else torch.randn(1, 2, config.hidden_size)
     positions = torch.tensor([[3, 4]])
     if family.position_rows == 3:
         positions = positions[None].expand(3, 1, 2).contiguous()
-    inputs, outputs, axes = decoder_names(wrapper.layers)
+    inputs, outputs, axes = decoder_names(
+        wrapper.layers, "input_ids" if with_embeddings else "inputs_embeds"
+    )
     lead = 0 if family.position_rows == 1 else 1  # M-RoPE ids are [3, batch, sequence]
     axes["position_ids"] = {lead: "batch", lead + 1: "sequence"}
-    _export(wrapper, (embeds, torch.ones(1, 5, dtype=torch.long), positions, *past), path,
+    _export(wrapper, (tokens, torch.ones(1, 5, dtype=torch.long), positions, *past), path,
             inputs, outputs, axes, opset)  # fmt: skip
     return {
         "num_layers": wrapper.layers,
@@ -235,9 +265,12 @@ def export_vision(model: Any, family: OnnxFamily, path: Path, opset: int) -> Non
             "vision_attention_bias": {0: "patches", 1: "patches"},
             "image_features": {0: "image_tokens"},
         }
-    else:
-        args = (torch.randn(2, 3, vision.image_size, vision.image_size),)
-        axes = {"pixel_values": {0: "images"}, "image_features": {0: "images"}}
+    else:  # frames stay image_size square (the connector's pixel shuffle is traced for them)
+        size = vision.image_size
+        args = (torch.randn(1, 2, 3, size, size), torch.ones(1, 2, size, size, dtype=torch.bool))
+        images = {0: "batch", 1: "num_images"}
+        axes = {"pixel_values": images, "pixel_attention_mask": images,
+                "image_features": {0: "real_images"}}  # fmt: skip
     _export(wrapper, args, path, list(family.vision_inputs), ["image_features"], axes, opset)
 
 

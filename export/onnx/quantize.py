@@ -1,12 +1,13 @@
-"""onnxruntime's quantizers for the split ONNX export, and the ONNX variant table with its bounds.
+"""onnxruntime's quantizers for the ONNX export, and the ONNX variant table with its bounds.
 
-- decoder int8 / int4: `MatMulNBitsQuantizer` (symmetric blocks of `block_size` weights, 8 or 4
+- decoder (or merged text model) int8 / int4: `MatMulNBitsQuantizer` (symmetric blocks of `block_size` weights, 8 or 4
   bits) on every weight MatMul, lm_head included, with accuracy level 4 (int8 activations per
   block in the kernel: onnxruntime's fast CPU path). `quantize_dynamic` was measured for the
   int8 decoder and rejected: its per-tensor int8 activations lose SmolLM2's outlier channels
   (top-1 0.62, KL 0.54 over 200 positions, vs 0.95 / 0.004 for 8-bit MatMulNBits);
 - vision encoder and embed_tokens int8: `quantize_dynamic` (MatMul / Gather), shared by the int8
-  and int4 variants.
+  and int4 variants; the merged text model's embedding table the same way (Gather), after its
+  MatMulNBits pass, so both layouts carry the same weights at the same precision.
 
     quantize_int8("onnx/vision_encoder.onnx", "onnx/vision_encoder_int8.onnx")
     quantize_nbits("onnx/decoder_model_merged.onnx", "onnx/decoder_model_merged_q4.onnx", 4, 32)

@@ -1,7 +1,8 @@
 """Verification of a split ONNX export against the PyTorch model it came from (on by default).
 
 Every variant is loaded in onnxruntime through `casseat_edge.onnx_split.SplitOnnxModel` (the
-runner the onnxruntime backend serves with) and compared on the same token ids. Rows, each with
+runner the onnxruntime backend serves with) and compared on the same token ids. transformers.js
+loading the same files and generating the same tokens is tested in tests/test_transformersjs.py. Rows, each with
 `passed`, bounds from `quantize.ONNX_TYPES`:
 - `logits`: one prefill over `positions` tokens of real text (the GGUF verifier's PARITY_TEXT):
   top-1 agreement, mean KL(torch || ORT), max |diff| relative to the largest torch logit;
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from casseat_edge.onnx_split import DECODER, SplitOnnxModel
+from casseat_edge.onnx_split import VISION, SplitOnnxModel
 from casseat_edge.parity import logit_parity
 from casseat_edge.preprocess import encode, user_messages
 from casseat_edge.prompts import assistant
@@ -39,7 +40,7 @@ def verify_variant(
 ) -> list[dict[str, Any]]:
     entry = ONNX_TYPES[quant]
     model = SplitOnnxModel(out, quant, threads=threads)
-    file = Path(model.files[DECODER]).name
+    file = Path(model.files[model.main]).name
     ids = parity_ids(loaded.tokenizer, positions)
     ref = torch_text_logits(loaded.model, ids)
     logits, _ = model.forward(ids, 0, None)
@@ -100,7 +101,7 @@ def verify_image(loaded: Any, model: SplitOnnxModel, entry: OnnxQuantType) -> li
     got_f = model.image_features(extra).astype(np.float64)
     ids = inputs["input_ids"][0].tolist()
     logits, _ = model.forward(ids, 0, None, extra)
-    file = Path(model.files["vision_encoder"]).name
+    file = Path(model.files[VISION]).name
     rows = [_feature_row(ref_f, got_f, entry, file)]
     start = _after_image(ids, getattr(loaded.model.config, "image_token_id", None))
     rows.append(compare_logits("image_logits", ref_logits[start:], logits[start:], entry, file))

@@ -1,10 +1,12 @@
-"""The onnxruntime backend: our split ONNX export (`casseat-edge export --format onnx`) with its
-KV cache, on the CPU execution provider (or CUDA's, with `device="cuda"` and onnxruntime-gpu).
+"""The onnxruntime backend: our ONNX export (`casseat-edge export --format onnx`, the layout
+transformers.js loads) with its KV cache, on the CPU execution provider (or CUDA's, with
+`device="cuda"` and onnxruntime-gpu).
 
 The model spec is the export directory (its `casseat.json` says which variants it holds; `quant`
 picks one, default the first exported). Prompts go through the one preprocessing path with the
-exported processor files; images become the processor's pixel tensors, run through
-`vision_encoder` and scattered into the image-token positions of `embed_tokens`' output, as
+exported processor files. Text-only models run the merged `model` graph on token ids; for VLMs the
+images become the processor's pixel tensors, run through `vision_encoder` and scattered into the
+image-token positions of `embed_tokens`' output before `decoder_model_merged`, as
 `casseat_edge.onnx_split.SplitOnnxModel` does for the exporter's verification. The past
 key/values are numpy arrays: stage 2 continues from stage 1's, truncation slices them.
 """
@@ -28,7 +30,7 @@ IMAGE_ID_KEYS = ("image_token_id", "vision_start_token_id", "vision_end_token_id
 
 @BACKENDS.register("onnxruntime", "ort")
 class OrtEngine(HfTokenizerHooks, Engine):
-    """onnxruntime on a split ONNX export: stage 2 continues from stage 1's past key/values."""
+    """onnxruntime on an ONNX export: stage 2 continues from stage 1's past key/values."""
 
     name = "onnxruntime"
     variants = True  # one export directory holds several quantized variants (`quant=`)
