@@ -8,6 +8,10 @@ stage 2 continues from the state stage 1 left. `LlamaSession` drives llama.cpp's
   `n_tokens` copies of the model's image token (the id the HF processor repeats, so the ids equal
   the torch backend's). `Prompt.images` records each image span (its index, tokens, positions,
   libmtmd chunk and, once encoded, its embedding), so common-prefix reuse works on plain id lists.
+  The layout is libmtmd's own, the one every llama.cpp client (llama-server, Ollama,
+  llama-cpp-python's server) uses: Idefics3 images are always grid tiles then the global image,
+  so an image within one tile is a 1x1 grid (`<fake_token_around_image><row_1_col_1>` + tile +
+  `\n\n<fake_token_around_image><global-img>` + global + `<fake_token_around_image>`).
 - `eval(ids, start, images)`: evaluate ids[start:] on top of a cache holding ids[:start]; image
   spans are decoded from their kept embedding (the vision encoder runs once per image, also when
   a conversation is re-prefilled). Returns the last position's logits; `step` decodes one token.
@@ -30,7 +34,9 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
+import logging
 import os
+import struct
 import time
 import weakref
 from pathlib import Path
@@ -38,8 +44,15 @@ from typing import Any
 
 import numpy as np
 
-from casseat_edge.errors import BackendUnavailableError, DataError, ModelSpecError
+from casseat_edge.errors import (
+    BackendUnavailableError,
+    CasseatError,
+    ConfigError,
+    DataError,
+    ModelSpecError,
+)
 
+log = logging.getLogger(__name__)
 EXTRA = "llama"
 SEQ = 0  # the one sequence a session drives
 # clip.projector_type -> (HF architecture, the image token the HF processor repeats per embedding)
@@ -115,20 +128,37 @@ class LlamaSession:
         threads: int | None = None,
         seed: int = 0,
     ) -> None:
+        threads = check_threads(threads)
+        if n_ctx < 1 or n_batch < 1:
+            raise ConfigError(f"n_ctx and n_batch: must be >= 1 (found {n_ctx} and {n_batch})")
         self._cpp = import_llama_cpp()
         self.path = Path(gguf)
         self.mmproj = Path(mmproj) if mmproj else None
+        self._closed = True  # until the model is loaded: close() then has nothing to free
+        # llama.cpp warns on a context past the trained one and attends poorly there: cap it
+        self.n_ctx_train = gguf_context_length(self.path)
+        if self.n_ctx_train and n_ctx > self.n_ctx_train:
+            log.info("n_ctx %d capped at %s's trained context %d", n_ctx, self.path.name,
+                     self.n_ctx_train)  # fmt: skip
+            n_ctx = self.n_ctx_train
         meta = _mmproj_fields(self.mmproj) if self.mmproj else {}  # checked before loading
-        threads = threads or os.cpu_count() or 1
-        self.llm = self._cpp.Llama(
-            str(self.path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_ubatch=n_batch,  # an image's embeddings go in one ubatch (non-causal projectors)
-            n_threads=threads,
-            seed=seed,
-            verbose=False,
-        )
+        try:
+            self.llm = self._cpp.Llama(
+                str(self.path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,  # an image's embeddings go in one ubatch (non-causal projectors)
+                n_threads=threads,
+                seed=seed,
+                verbose=False,
+            )
+        except ValueError as exc:  # llama-cpp-python: "Failed to load model from file"
+            raise ModelSpecError(
+                f"{self.path}: llama.cpp could not load this GGUF (truncated, corrupt or of an "
+                f"unsupported architecture: {exc.__class__.__name__}); re-export it with "
+                "casseat-edge export"
+            ) from None
+        self._closed = False
         self.n_ctx, self.n_batch = self.llm.n_ctx(), n_batch
         self.n_vocab = self.llm.n_vocab()
         self.vocab = self.llm._model.vocab
@@ -198,30 +228,49 @@ class LlamaSession:
         return mtmd_cpp.mtmd_default_marker().decode()
 
     def close(self) -> None:
-        """Free libmtmd, the batch and the model (idempotent)."""
+        """Free libmtmd, the batch and the model (idempotent); the session is unusable after."""
+        if self._closed:
+            return
+        self._closed = True
         if self._mtmd is not None:
             self._mtmd_finalizer()
             self._mtmd = None
         self._finalizer()
         self.llm.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        """Native calls on freed llama.cpp memory crash the process: refuse them instead."""
+        if self._closed:
+            raise CasseatError(
+                f"{self.path.name}: this llama.cpp session is closed (its model was freed); "
+                "open a new one (a new Cascade or LlamaSession) to run the model again"
+            )
+
     # ---- text
     def tokenize(self, text: str) -> list[int]:
         """Ids of template text (special-token markup parsed, no BOS added)."""
+        self._check_open()
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def detokenize(self, ids: list[int]) -> str:
+        self._check_open()
         return self.llm.detokenize(ids, special=True).decode("utf-8", errors="replace")
 
     def piece(self, token: int) -> str:
         return self.detokenize([token])
 
     def is_eog(self, token: int) -> bool:
+        self._check_open()
         return bool(self._cpp.llama_vocab_is_eog(self.vocab, token))
 
     # ---- prompts with images
     def tokenize_prompt(self, text: str, images: list[Any]) -> Prompt:
         """Cut `text` (one `marker` per image, RGB PIL images) into ids and image spans."""
+        self._check_open()
         if not images:
             return Prompt(self.tokenize(text), [])
         if not self.vision:
@@ -275,7 +324,7 @@ class LlamaSession:
         """Text tokens and owned image chunks, in prompt order; image slots get the image id."""
         cpp = self._mtmd_cpp
         segments: list[list[int] | ImageSpan] = []
-        per_image: dict[str, int] = {}
+        per_image: dict[str, int] = {}  # image id -> index of its last chunk (tile or overview)
         for i in range(cpp.mtmd_input_chunks_size(chunks)):
             chunk = cpp.mtmd_input_chunks_get(chunks, i)
             kind = cpp.mtmd_input_chunk_get_type(chunk)
@@ -298,8 +347,6 @@ class LlamaSession:
             )
             weakref.finalize(span, cpp.mtmd_input_chunk_free, owned)
             segments.append(span)
-        if self.projector == "idefics3":
-            segments = self._idefics3_as_hf(segments, per_image)
         ids: list[int] = []
         images: list[ImageSpan] = []
         for segment in segments:
@@ -311,32 +358,6 @@ class LlamaSession:
                 ids += segment
         return Prompt(ids, images)
 
-    def _idefics3_as_hf(
-        self, segments: list[list[int] | ImageSpan], per_image: dict[str, int]
-    ) -> list[list[int] | ImageSpan]:
-        """An image that fits one tile is the global image alone in the HF processor
-        (`<fake_token_around_image><global-img>` + image + `<fake_token_around_image>`), but
-        libmtmd also emits the lone tile before it (`<fake_token_around_image><row_1_col_1>` +
-        tile + a blank line). Drop that tile so the ids (and the model's input) equal HF's."""
-        single = {image for image, last in per_image.items() if last == 1}  # 1 tile + overview
-        tile_open = self.tokenize("<fake_token_around_image><row_1_col_1>")
-        out: list[list[int] | ImageSpan] = []
-        skip_newlines = False
-        for segment in segments:
-            if isinstance(segment, ImageSpan) and segment.key.rsplit("/", 1)[0] in single:
-                if segment.key.endswith("/0"):
-                    before = out[-1] if out and not isinstance(out[-1], ImageSpan) else []
-                    if before[-len(tile_open) :] != tile_open:
-                        raise DataError("libmtmd's idefics3 tile layout is not the expected one")
-                    del before[-len(tile_open) :]
-                    skip_newlines = True
-                    continue
-            elif skip_newlines and not isinstance(segment, ImageSpan):
-                segment = segment[1:] if self.detokenize(segment[:1]) == "\n\n" else segment
-                skip_newlines = False
-            out.append(segment)
-        return [s for s in out if isinstance(s, ImageSpan) or s]
-
     # ---- the KV cache
     def position(self, index: int, images: list[ImageSpan] | None = None) -> int:
         """KV position of `ids[index]`: images before it may take fewer positions than slots."""
@@ -345,6 +366,7 @@ class LlamaSession:
 
     def truncate(self, n_tokens: int) -> None:
         """Keep the first `n_tokens` slots of the cache (0 clears it); never cuts an image."""
+        self._check_open()
         n_tokens = min(n_tokens, len(self.ids))
         if any(s.start < n_tokens < s.end for s in self.images):
             raise ValueError(f"cannot truncate the KV cache to {n_tokens}: inside an image")
@@ -369,6 +391,7 @@ class LlamaSession:
         """Evaluate ids[start:] on a cache holding ids[:start]; the last position's logits.
 
         `images` are the prompt's image spans (None: the cache's own, for text after them)."""
+        self._check_open()
         if start != len(self.ids):
             raise ValueError(f"the cache holds {len(self.ids)} tokens, not {start}")
         if start >= len(ids):
@@ -391,10 +414,12 @@ class LlamaSession:
 
     def step(self, token: int) -> np.ndarray:
         """Evaluate one token after the cache; its logits."""
+        self._check_open()
         self._decode_text([token], logits_last=True)
         return self.logits()
 
     def logits(self) -> np.ndarray:
+        self._check_open()
         pointer = self._cpp.llama_get_logits_ith(self._ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
@@ -463,6 +488,7 @@ class LlamaSession:
     # ---- branching
     def snapshot(self) -> SessionState:
         """The sequence's KV state and bookkeeping, to `restore` later (e.g. to branch)."""
+        self._check_open()
         size = self._cpp.llama_state_seq_get_size(self._ctx, SEQ)
         buffer = (ctypes.c_uint8 * size)()
         written = self._cpp.llama_state_seq_get_data(self._ctx, buffer, size, SEQ)
@@ -470,12 +496,95 @@ class LlamaSession:
 
     def restore(self, state: SessionState) -> None:
         """Put the sequence back to a snapshot (the cache's current content is dropped)."""
+        self._check_open()
         self._cpp.llama_memory_seq_rm(self._memory, SEQ, -1, -1)
         buffer = (ctypes.c_uint8 * len(state.data)).from_buffer_copy(state.data)
         if self._cpp.llama_state_seq_set_data(self._ctx, buffer, len(state.data), SEQ) == 0:
             self.ids, self.images = [], []
             raise DataError("llama.cpp could not restore the sequence snapshot")
         self.ids, self.images = list(state.ids), list(state.images)
+
+
+MAX_THREADS_PER_CORE = 4  # more only adds contention; ggml crashes on absurd counts (100000)
+
+
+def check_threads(threads: int | None) -> int:
+    """The CPU thread count to use: 0/None -> all cores; else 1 .. 4x the cores, or ConfigError."""
+    cores = os.cpu_count() or 1
+    if not threads:
+        return cores
+    limit = MAX_THREADS_PER_CORE * cores
+    if not 1 <= threads <= limit:
+        raise ConfigError(
+            f"--threads: expected 1 to {limit} ({MAX_THREADS_PER_CORE}x the {cores} CPU cores) or "
+            f"0 for all cores, found {threads}"
+        )
+    return threads
+
+
+# GGUF value types -> size in bytes of the fixed-size ones (8: string, 9: array)
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_INTS = {0: "<B", 2: "<H", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
+
+
+def gguf_context_length(path: Path) -> int:
+    """`{arch}.context_length` of a GGUF (0 when it has none), read from its header alone.
+
+    Also checks the file is a GGUF before llama.cpp sees it. The gguf package's reader parses
+    every field and tensor (about 3 s for SmolLM2-135M); this stops at the key."""
+    if not path.is_file():
+        raise ModelSpecError(f"{path}: GGUF file not found")
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as f:
+            return _header_context_length(f, size)
+    except (struct.error, UnicodeDecodeError, ValueError) as exc:
+        raise ModelSpecError(
+            f"{path}: not a readable GGUF model ({exc}); the file is truncated or corrupt: "
+            "re-export it with casseat-edge export"
+        ) from None
+
+
+def _header_context_length(f: Any, size: int) -> int:
+    def read(n: int) -> bytes:
+        if n < 0 or f.tell() + n > size:
+            raise ValueError("a header field runs past the end of the file")
+        return f.read(n)
+
+    def number(fmt: str) -> int:
+        return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
+
+    def string() -> str:
+        return read(number("<Q")).decode("utf-8")
+
+    def skip(kind: int) -> None:
+        if kind == 8:
+            read(number("<Q"))
+        elif kind == 9:
+            item, count = number("<I"), number("<Q")
+            if item in _GGUF_SIZES:
+                read(_GGUF_SIZES[item] * count)
+            else:
+                for _ in range(count):
+                    skip(item)
+        elif kind in _GGUF_SIZES:
+            read(_GGUF_SIZES[kind])
+        else:
+            raise ValueError(f"unknown value type {kind}")
+
+    if read(4) != b"GGUF":
+        raise ValueError("no GGUF magic")
+    _version, _tensors, n_kv = number("<I"), number("<Q"), number("<Q")
+    arch = None
+    for _ in range(n_kv):
+        key, kind = string(), number("<I")
+        if key == "general.architecture" and kind == 8:
+            arch = string()
+        elif arch and key == f"{arch}.context_length" and kind in _GGUF_INTS:
+            return number(_GGUF_INTS[kind])
+        else:
+            skip(kind)
+    return 0
 
 
 def _mmproj_fields(mmproj: Path) -> dict[str, Any]:
@@ -485,18 +594,58 @@ def _mmproj_fields(mmproj: Path) -> dict[str, Any]:
     if not mmproj.is_file():
         raise ModelSpecError(f"{mmproj}: mmproj file not found")
     try:
-        fields = GGUFReader(str(mmproj)).fields
-    except (ValueError, OSError) as exc:
+        reader = GGUFReader(str(mmproj))
+        meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith("clip.")}
+        shapes = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    except (ValueError, OSError, IndexError, KeyError, MemoryError) as exc:
         raise ModelSpecError(
             f"{mmproj}: not a readable GGUF mmproj ({exc.__class__.__name__}); re-export it"
         ) from None
-    meta = {k: f.contents() for k, f in fields.items() if k.startswith("clip.")}
     if meta.get("clip.projector_type") not in PROJECTORS:
         raise ModelSpecError(
             f"{mmproj}: projector type {meta.get('clip.projector_type')!r} is not supported; "
             f"supported: {', '.join(PROJECTORS)}"
         )
+    problem = _mmproj_shape_problem(meta, shapes)
+    if problem:
+        raise ModelSpecError(f"{mmproj}: inconsistent mmproj ({problem}); re-export it")
     return meta
+
+
+def _mmproj_shape_problem(meta: dict[str, Any], shapes: dict[str, list[int]]) -> str | None:
+    """What in the mmproj's hyper-parameters contradicts its tensors (None: nothing).
+
+    libmtmd builds its graph from the hyper-parameters and aborts the process (GGML_ASSERT) when
+    they do not fit the tensors, so a crafted or damaged file is refused here instead."""
+    get = meta.get
+    n_embd, heads = get("clip.vision.embedding_length"), get("clip.vision.attention.head_count")
+    patch, side = get("clip.vision.patch_size"), get("clip.vision.image_size")
+    merge = get("clip.vision.projector.scale_factor") or get("clip.vision.spatial_merge_size")
+    if not all(isinstance(v, int) and v > 0 for v in (n_embd, heads, patch, side, merge)):
+        return "embedding length, head count, patch and image size and merge must be > 0"
+    if n_embd % heads or side % patch or (side // patch) % merge:
+        return f"{n_embd} wide / {heads} heads, image {side} / patch {patch} / merge {merge}"
+    if shapes.get("v.patch_embd.weight") != [patch, patch, 3, n_embd]:
+        return f"v.patch_embd.weight is {shapes.get('v.patch_embd.weight')}, not patch {patch}"
+    blocks = {name.split(".")[2] for name in shapes if name.startswith("v.blk.")}
+    if len(blocks) != get("clip.vision.block_count"):
+        return f"{len(blocks)} blocks, clip.vision.block_count {get('clip.vision.block_count')}"
+    expected = _PROJECTOR_SHAPES[get("clip.projector_type")](n_embd, side // patch, merge)
+    for name, shape in expected.items():
+        if shapes.get(name, [])[: len(shape)] != shape:
+            return f"{name} is {shapes.get(name)}, expected {shape}"
+    return None
+
+
+# projector -> (vision width, patches per side, merge) -> leading dims of the tensors it reads
+_PROJECTOR_SHAPES = {
+    "idefics3": lambda n, grid, merge: {
+        "v.position_embd.weight": [n, grid * grid],
+        "mm.model.fc.weight": [n * merge * merge],
+    },
+    "qwen2vl_merger": lambda n, grid, merge: {"mm.0.weight": [n * merge * merge]},
+    "qwen2.5vl_merger": lambda n, grid, merge: {"mm.0.weight": [n * merge * merge]},
+}
 
 
 def _token_limits(meta: dict[str, Any]) -> tuple[int, int]:

@@ -319,3 +319,34 @@ def test_qwen2vl_text_tower_converts_with_mrope_sections(tmp_path):
     assert meta["qwen2vl.rope.dimension_sections"] == [2, 3, 3, 0]
     logits = [r for r in verify_text(loaded, path, "f32", 200) if r["check"] == "logits"][0]
     assert logits["passed"] and logits["top1"] == 1.0, logits
+
+
+def test_gguf_metadata_names_no_local_path(tmp_path):
+    """A model exported from a directory is named by the directory's last component only: a
+    shared GGUF must not carry the exporting machine's paths (user names, project layout)."""
+    import dataclasses
+
+    from gguf import GGUFReader, GGUFValueType
+
+    from casseat_edge.models import load_model
+    from export.gguf.mmproj import write_mmproj
+    from export.gguf.text import gguf_model_name, text_source, write_text_gguf
+
+    loaded = load_model("tiny:smolvlm")
+    where = tmp_path / "home" / "alice" / "secret-project" / "student"
+    loaded.ref = dataclasses.replace(loaded.ref, spec=str(where))
+    paths = [
+        write_text_gguf(text_source(loaded), tmp_path / "model-f32.gguf", "f32"),
+        write_mmproj(loaded, tmp_path / "mmproj-f32.gguf", "f32"),
+    ]
+    for path in paths:
+        fields = GGUFReader(str(path)).fields
+        strings = [
+            str(f.contents())
+            for f in fields.values()
+            if f.types and f.types[0] == GGUFValueType.STRING
+        ]
+        assert not any(str(tmp_path) in s or "alice" in s for s in strings), path
+        assert fields["general.name"].contents().startswith("student")
+    assert gguf_model_name("tiny:smolvlm") == "tiny:smolvlm"
+    assert gguf_model_name("runs/student/") == "student"

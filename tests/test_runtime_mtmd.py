@@ -55,8 +55,10 @@ def engine(smolvlm_gguf):
     ],
 )
 def test_image_prompt_ids_equal_the_hf_processor(model, width, height) -> None:
-    """One id per KV slot: text tokens and the image token per embedding, as HF's processor
-    makes them (idefics3: one global image; qwen2vl: the grid HF's min/max pixels give)."""
+    """One id per KV slot: text tokens and the image token per embedding, in the layout of
+    libmtmd, which every llama.cpp client (llama-server, Ollama) uses. qwen2vl: the grid HF's
+    min/max pixels give. idefics3: libmtmd always tiles, so an image within one tile is HF's
+    1x1-grid layout (the tile, then the global image), not the processor's unsplit one."""
     from casseat_edge.models import load_model
     from casseat_edge.mtmd import LlamaSession
 
@@ -68,17 +70,35 @@ def test_image_prompt_ids_equal_the_hf_processor(model, width, height) -> None:
     try:
         assert session.architecture == loaded.arch.architecture
         image = noise(0, width, height)
-        hf_ids = encode(loaded.processor, loaded.arch, messages, image=image)["input_ids"]
+        if model == "tiny:smolvlm":
+            hf_ids = _idefics3_grid_ids(loaded.processor, rendered, rows=1, cols=1)
+        else:
+            hf_ids = encode(loaded.processor, loaded.arch, messages, image=image)["input_ids"]
+            hf_ids = hf_ids[0].tolist()
         prompt = session.tokenize_prompt(
             rendered.replace(loaded.arch.image_text, session.marker), [image]
         )
-        assert prompt.ids == hf_ids[0].tolist()
-        (span,) = prompt.images
-        assert prompt.ids[span.start : span.end] == [session.image_token] * span.n_tokens
+        assert prompt.ids == hf_ids
+        spans = prompt.images
+        assert len(spans) == (2 if model == "tiny:smolvlm" else 1)  # idefics3: tile + global
+        for span in spans:
+            assert prompt.ids[span.start : span.end] == [session.image_token] * span.n_tokens
         if model == "tiny:qwen2vl":  # M-RoPE: an image advances max(grid h, grid w) positions
-            assert span.n_pos < span.n_tokens
+            assert spans[0].n_pos < spans[0].n_tokens
     finally:
         session.close()
+
+
+def _idefics3_grid_ids(processor, rendered: str, rows: int, cols: int) -> list[int]:
+    """The ids HF's Idefics3 processor gives an image split into a rows x cols grid."""
+    from transformers.models.idefics3.processing_idefics3 import get_image_prompt_string
+
+    image_text = get_image_prompt_string(
+        rows, cols, processor.image_seq_len, processor.fake_image_token,
+        processor.image_token, processor.global_image_tag,
+    )  # fmt: skip
+    text = rendered.replace(processor.image_token, image_text)
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_stage2_prefills_only_its_own_tokens_and_the_image_is_encoded_once(engine) -> None:
@@ -104,7 +124,8 @@ def test_no_reuse_reprefills_everything_but_never_re_encodes(engine) -> None:
     result = cascade.solve(noise(2), "What is 2+3?", answer="5", answer_type="integer")
     stage1, stage2 = result.stages
     assert stage2.new_prefill_tokens == stage2.prompt_tokens  # the whole conversation again...
-    assert engine.session.encoder_runs == runs_before + 1  # ...from the kept embedding (1 tile)
+    # ...from the kept embeddings: one encoder run per chunk (idefics3: the tile and the global)
+    assert engine.session.encoder_runs == runs_before + 2
     assert stage1.encode_ms > 0 and stage2.encode_ms == 0
 
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from casseat_edge.errors import UnsupportedArchError
+from export.gguf.text import gguf_model_name
 
 
 class MmprojSpec:
@@ -366,7 +367,7 @@ def write_mmproj(loaded: Any, path: str | Path, dtype: str) -> Path:
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
     writer = gguf.GGUFWriter(str(path), "clip")
     writer.add_type(gguf.GGUFType.MMPROJ)
-    writer.add_name(f"{loaded.ref.spec} mmproj")
+    writer.add_name(f"{gguf_model_name(loaded.ref.spec)} mmproj")
     writer.add_file_type(file_type.get(dtype, gguf.LlamaFileType.MOSTLY_Q8_0))
     writer.add_clip_has_vision_encoder(True)
     writer.add_clip_projector_type(spec.projector)

@@ -89,7 +89,17 @@ def text_source(loaded: Any) -> TextSource:
     import gguf
 
     arch = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, family.gguf_arch)]
-    return TextSource(arch, loaded.ref.spec, tensors, hparams, loaded.tokenizer, template)
+    return TextSource(
+        arch, gguf_model_name(loaded.ref.spec), tensors, hparams, loaded.tokenizer, template
+    )
+
+
+def gguf_model_name(spec: str) -> str:
+    """`general.name` for a model spec: a path gives only its last component, so a shared GGUF
+    does not carry the exporting machine's directory layout (user names, project paths)."""
+    if ":" in spec.split("/", 1)[0] and not Path(spec).exists():  # tiny:..., embedded:...
+        return spec
+    return Path(spec).name or spec
 
 
 def _hf_text_state(model: Any, prefix: str) -> dict[str, np.ndarray]:

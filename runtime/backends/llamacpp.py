@@ -75,7 +75,7 @@ class LlamaCppEngine(Engine):
         if count and image is None:
             raise DataError("the conversation has an image part but no image was given")
         text = rendered.replace(self.arch.image_text, self.session.marker)
-        images = [load_image(image)] * count
+        images = [load_image(image)] * count if count else []  # no image part: a text prompt
         prompt = self.session.tokenize_prompt(text, images)
         extra = {"images": prompt.images} if prompt.images else None
         return Encoded(prompt.ids, extra, prompt.image_end)
