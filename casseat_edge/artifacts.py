@@ -16,7 +16,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -96,8 +96,21 @@ def _drop_torn_tail(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
-def parse_json_object(line: str, where: str) -> dict[str, Any]:
+def decode_line(raw: bytes, where: str) -> str:
+    """One line of a text file as UTF-8, or a `DataError` naming `where` and the bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+            "re-save the file as UTF-8"
+        ) from None
+
+
+def parse_json_object(line: str | bytes, where: str) -> dict[str, Any]:
     """One JSONL line -> object, or a `DataError` naming `where` (usually `file:line`)."""
+    if isinstance(line, bytes):
+        line = decode_line(line, where)
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -107,13 +120,32 @@ def parse_json_object(line: str, where: str) -> dict[str, Any]:
     return obj
 
 
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of each non-blank line. Bytes, not text: a line that is not
+    UTF-8 is then reported with its own line number (`decode_line`), not as a decoder traceback."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if raw.strip():
+                yield lineno, raw
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-empty line; a malformed line is a `DataError`."""
-    path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                yield lineno, parse_json_object(line, f"{path}:{lineno}")
+    """Yield (line number, object) for each non-empty line; a malformed or non-UTF-8 line is a
+    `DataError` naming `file:line`."""
+    for lineno, raw in jsonl_lines(path):
+        yield lineno, parse_json_object(raw, f"{path}:{lineno}")
+
+
+def first_non_utf8_line(path: str | Path) -> DataError | None:
+    """The `DataError` of the first line of `path` that is not UTF-8 (None when all are): for
+    callers that read a file as text and met a `UnicodeDecodeError` without a line number."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                decode_line(raw, f"{path}:{lineno}")
+            except DataError as exc:
+                return exc
+    return None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -179,30 +211,57 @@ def read_manifest(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         raise CasseatError(
             f"{file}: malformed manifest ({exc.msg}); re-create the artifact"
         ) from None
+    except UnicodeDecodeError:
+        raise CasseatError(f"{file}: manifest is not UTF-8 text; re-create the artifact") from None
     if kind is not None and manifest.get("kind") != kind:
         raise CasseatError(f"{path}: expected a {kind!r} artifact, found {manifest.get('kind')!r}")
     return manifest
 
 
-def prepare_out_dir(path: str | Path, overwrite: bool = False, kind: str | None = None) -> Path:
+def prepare_out_dir(
+    path: str | Path,
+    overwrite: bool = False,
+    kind: str | None = None,
+    interrupted: Callable[[Path], bool] | None = None,
+) -> Path:
     """Create an empty output directory. A non-empty one is replaced only with `overwrite`, and
-    only when it is an artifact of `kind` (its manifest says so): never an arbitrary folder."""
+    only when it is an artifact of `kind` (its manifest says so) or, with `interrupted`, an
+    unfinished run that predicate recognises: never an arbitrary folder."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise CasseatError(
-                f"{path} already exists and is not empty; delete it, pass --overwrite, "
-                "or choose another --out"
-            )
-        found = _manifest_kind(path)
-        if kind is not None and found != kind:
-            raise CasseatError(
-                f"{path} is not a casseat-edge {kind} directory (its manifest kind: {found}); "
-                "--overwrite only replaces those: delete it yourself or choose another --out"
-            )
+    if check_out_dir(path, overwrite, kind, interrupted):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_out_dir(
+    path: str | Path,
+    overwrite: bool = False,
+    kind: str | None = None,
+    interrupted: Callable[[Path], bool] | None = None,
+) -> bool:
+    """`prepare_out_dir`'s checks without touching anything (to fail before long work):
+    True when `path` holds something `prepare_out_dir` would replace, False when it is absent or
+    empty; a directory it may not replace raises `CasseatError`."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    if not path.is_dir():
+        raise CasseatError(f"{path} is a file, not a directory; choose another --out")
+    if not any(path.iterdir()):
+        return False
+    if not overwrite:
+        raise CasseatError(
+            f"{path} already exists and is not empty; delete it, pass --overwrite, "
+            "or choose another --out"
+        )
+    found = _manifest_kind(path)
+    if kind is not None and found != kind and not (interrupted and interrupted(path)):
+        raise CasseatError(
+            f"{path} is not a casseat-edge {kind} directory (its manifest kind: {found}); "
+            "--overwrite only replaces those: delete it yourself or choose another --out"
+        )
+    return True
 
 
 def _manifest_kind(path: Path) -> str | None:

@@ -25,7 +25,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from casseat_edge.artifacts import atomic_path, write_jsonl_atomic, write_manifest
+from casseat_edge.artifacts import (
+    atomic_path,
+    first_non_utf8_line,
+    jsonl_lines,
+    write_jsonl_atomic,
+    write_manifest,
+)
 from casseat_edge.errors import DataError
 from casseat_edge.loaders import mathverse, mathvision, mathvista, wemath
 from casseat_edge.loaders.common import (
@@ -93,7 +99,10 @@ def load_problems(
     path = _dataset_file(Path(path), fmt)
     ours = fmt in ("ours", "jsonl") or (fmt == "auto" and _is_ours_jsonl(path))
     if ours and path.suffix.lower() == ".jsonl":
-        return load_jsonl_problems(path, skip_invalid)
+        try:
+            return load_jsonl_problems(path, skip_invalid)
+        except UnicodeDecodeError:  # it reads text without line numbers: name the line here
+            raise first_non_utf8_line(path) or DataError(f"{path}: not UTF-8 text") from None
     first, records = peek(path, read_records(path))
     convert = _CONVERTERS[_resolve_format(path, fmt, first)]
     src = make_source(path, image_dir)
@@ -196,14 +205,12 @@ def _is_ours_jsonl(path: Path) -> bool:
     """A JSONL file whose first readable line has our fields (or none readable: let it report)."""
     if path.suffix.lower() != ".jsonl":
         return False
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    first = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                return isinstance(first, dict) and _detect(first) == "mathvista"
+    for _, raw in jsonl_lines(path):
+        try:
+            first = json.loads(raw.decode("utf-8"))
+        except ValueError:  # malformed JSON or not UTF-8: reading the file reports it
+            continue
+        return isinstance(first, dict) and _detect(first) == "mathvista"
     return True
 
 

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from casseat_edge.answers import LETTERS
-from casseat_edge.artifacts import parse_json_object, write_bytes_atomic
+from casseat_edge.artifacts import jsonl_lines, parse_json_object, write_bytes_atomic
 from casseat_edge.errors import DataError
 
 # The question text of rows whose whole question is drawn in the image (MathVerse "Vision Only").
@@ -84,19 +84,26 @@ def read_records(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                where = f"{path}:{lineno}"
-                try:
-                    yield where, parse_json_object(line, where)
-                except DataError as exc:
-                    yield where, exc
+    for lineno, raw in jsonl_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            yield where, parse_json_object(raw, where)
+        except DataError as exc:
+            yield where, exc
 
 
 def _json_items(path: Path) -> Iterator[tuple[str, Any]]:
+    data = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); re-download the file "
+            "or re-save it as UTF-8"
+        ) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno}); "

@@ -33,8 +33,8 @@ from casseat_edge.preprocess import processor_tokenizer
 from casseat_edge.registry import ARCHS
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
-TINY_BUILDER_VERSION = "3"  # bump when a tiny config changes: cached tiny models are rebuilt
-STUDENT_BUILDER_VERSION = "2"  # likewise for `student:` presets (their sizes are hashed too)
+TINY_BUILDER_VERSION = "4"  # bump when a tiny config changes: cached tiny models are rebuilt
+STUDENT_BUILDER_VERSION = "3"  # likewise for `student:` presets (their sizes are hashed too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,9 +231,32 @@ def load_model(
             f"{ref.spec}: a {ref.kind} artifact cannot be loaded in transformers; "
             "use it with --backend llama.cpp or onnxruntime, or pass the HF source directory"
         )
+    from safetensors import SafetensorError
+
     auto = getattr(transformers, ref.arch.auto_class)
-    model = auto.from_pretrained(
-        ref.path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-    )
+    try:
+        model = auto.from_pretrained(
+            ref.path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
+    except SafetensorError as exc:
+        raise _weights_error(Path(ref.path), exc) from None
     model.eval()
     return LoadedModel(model, ref.arch.load_processor(ref.path), ref.arch, ref)
+
+
+def _weights_error(path: Path, exc: Exception) -> ModelSpecError:
+    """Name the weights file safetensors cannot read (truncated download, random bytes)."""
+    from safetensors import SafetensorError, safe_open
+
+    bad, reason = path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError as error:
+            bad, reason = file, str(error).splitlines()[0]
+            break
+    return ModelSpecError(
+        f"{bad}: not a readable safetensors file ({reason}); the file is truncated or corrupt: "
+        "download or save the model again"
+    )

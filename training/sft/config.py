@@ -96,12 +96,14 @@ class SFTConfig(StageConfig):
         self._check_non_negative("dataloader_workers", "lora_layers")
         if self.lora_layers and self.method == "full":
             raise ConfigError("--lora-layers: only with --method lora or qlora")
-        if self.max_steps == 0 and self.epochs <= 0:
+        if not 0 <= self.epochs < float("inf"):  # also refuses nan
+            raise ConfigError(f"--epochs: must be a finite number >= 0, found {self.epochs}")
+        if self.max_steps == 0 and self.epochs == 0:
             raise ConfigError("--epochs: must be > 0 (or pass --max-steps)")
         if not 0 < self.lr < float("inf"):  # also refuses nan
             raise ConfigError(f"--lr: must be a finite number > 0, found {self.lr}")
         for name in ("lora_dropout", "warmup_ratio", "weight_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            if not 0.0 <= getattr(self, name) < 1.0:  # also refuses nan
                 raise ConfigError(f"{_flag(name)}: must be in [0, 1), found {getattr(self, name)}")
         if self.method != "full" and not self.target_modules:
             raise ConfigError("--target-modules: LoRA needs at least one linear-layer name")

@@ -68,7 +68,10 @@ def load_samples(data: str | Path, limit: int = 0) -> list[Sample]:
         if limit and len(samples) >= limit:
             break
     if not samples:
-        raise DataError(f"{path}: no samples; run `casseat-edge synth` first")
+        raise DataError(
+            f"{path}: no samples (see stats.json and rejected.jsonl beside it for why synthesis "
+            "kept none); synthesize more problems, or with another teacher, and train on that"
+        )
     return samples
 
 

@@ -33,7 +33,13 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from casseat_edge.artifacts import sha256_file, write_json_atomic, write_manifest
+from casseat_edge.artifacts import (
+    check_out_dir,
+    prepare_out_dir,
+    sha256_file,
+    write_json_atomic,
+    write_manifest,
+)
 from casseat_edge.errors import ConfigError
 from training.sft.collate import PackingCollator, SFTCollator
 from training.sft.config import SFTConfig
@@ -64,7 +70,7 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
         config.skip_long,
         captions=config.captions,
     )
-    _start_out(out, identity)
+    _start_out(out, config, identity)
     recorder = LogRecorder(progress)
     trainer = LabelPositionTrainer(
         model=loaded.model,
@@ -172,27 +178,53 @@ def _run_identity(config: SFTConfig) -> dict[str, Any]:
 
 
 def _check_out(out: Path, config: SFTConfig, identity: dict[str, Any]) -> None:
-    """Refuse to mix runs: a non-empty --out needs --resume (same data/base/method) or --overwrite.
+    """Refuse to mix runs: a non-empty --out needs --resume (same data/base/method) or --overwrite,
+    which replaces only a model directory or an interrupted run of `train`. Nothing is removed
+    here: `_start_out` replaces it once the data and the model have loaded.
 
     Only the first process checks (under torchrun the others would race its writes)."""
     if not _is_rank_zero():
         return
-    if config.overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
     if config.resume:
         _check_resumable(out, identity)
-    elif out.exists() and any(out.iterdir()):
+        return
+    if not config.overwrite and out.is_dir() and any(out.iterdir()):
         raise ConfigError(
             f"{out} already exists and is not empty; delete it, pass --overwrite, "
             "--resume to continue it, or choose another --out"
         )
+    _check_not_inside(out, config)
+    check_out_dir(out, config.overwrite, kind="model", interrupted=is_interrupted_run)
 
 
-def _start_out(out: Path, identity: dict[str, Any]) -> None:
+def _check_not_inside(out: Path, config: SFTConfig) -> None:
+    """--overwrite deletes --out only after the base and the samples are read, and the run then
+    copies the base's processor files and reads sample images: neither may live under --out."""
+    target = out.resolve()
+    inputs = {"--data": Path(config.data), "--model": Path(config.model)}
+    for flag, path in inputs.items():
+        if path.exists() and path.resolve().is_relative_to(target):
+            raise ConfigError(
+                f"--out {out}: holds {flag} {path}, which the run reads; choose another --out"
+            )
+
+
+def is_interrupted_run(out: Path) -> bool:
+    """A directory an earlier `train` started and did not finish: its run file, no manifest."""
+    import json
+
+    try:
+        run = json.loads((out / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(run, dict) and set(run) == {"inputs", "method", "model"}
+
+
+def _start_out(out: Path, config: SFTConfig, identity: dict[str, Any]) -> None:
     """Claim --out once the data and model are ready (what a later --resume must match)."""
     if _is_rank_zero():
+        if not config.resume:
+            prepare_out_dir(out, config.overwrite, kind="model", interrupted=is_interrupted_run)
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RUN_FILE, identity)
 

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from casseat_edge.artifacts import (
     MANIFEST,
+    check_out_dir,
     read_jsonl,
     read_manifest,
     write_json_atomic,
@@ -261,12 +262,16 @@ def _offset(progress: Progress | None, done: int, total: int) -> Progress | None
 
 
 def _check_out(config: StudentConfig) -> None:
+    """--overwrite replaces a model directory or an interrupted run only, never another folder."""
+    from training.sft.run import is_interrupted_run
+
     out = Path(config.out)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
         raise ConfigError(
             f"{out} already exists and is not empty; delete it, pass --overwrite "
             "or choose another --out"
         )
+    check_out_dir(out, config.overwrite, kind="model", interrupted=is_interrupted_run)
     for path in (out, config.work):
         if path.exists():
             shutil.rmtree(path)

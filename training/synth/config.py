@@ -59,11 +59,29 @@ class SynthConfig(StageConfig):
                 "--problems: required; pass a directory with problems.jsonl or a dataset file"
             )
         for name in ("error_rate", "eval_error_rate", "eval_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')}: must be between 0 and 1")
+            if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses nan
+                raise ConfigError(
+                    f"{_flag(name)}: must be between 0 and 1, found {getattr(self, name)}"
+                )
         if not 0.0 <= self.held_out < 1.0:
-            raise ConfigError("--held-out: must be in [0, 1)")
-        if self.limit < 0 or self.max_new_tokens < 1 or self.batch_size < 1 or self.concurrency < 1:
+            raise ConfigError(f"--held-out: must be in [0, 1), found {self.held_out}")
+        if not 0.0 < self.timeout_s < float("inf"):
             raise ConfigError(
-                "--limit must be >= 0; --max-new-tokens, --batch-size, --concurrency >= 1"
+                f"--timeout-s: must be a finite number of seconds > 0, found {self.timeout_s}"
             )
+        if not 0.0 <= self.temperature < float("inf"):
+            raise ConfigError(
+                f"--temperature: must be a finite number >= 0, found {self.temperature}"
+            )
+        self._check_at_least(0, "limit", "retries", "threads")
+        self._check_at_least(1, "max_new_tokens", "batch_size", "concurrency", "n_ctx")
+        self._check_at_least(1, "max_question_chars", "max_image_pixels")
+
+    def _check_at_least(self, low: int, *names: str) -> None:
+        for name in names:
+            if getattr(self, name) < low:
+                raise ConfigError(f"{_flag(name)}: must be >= {low}, found {getattr(self, name)}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

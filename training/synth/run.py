@@ -31,7 +31,7 @@ from casseat_edge.artifacts import (
     write_jsonl_atomic,
     write_manifest,
 )
-from casseat_edge.errors import ConfigError
+from casseat_edge.errors import ConfigError, DataError
 from casseat_edge.loaders import load_problems
 from casseat_edge.prompts import prompt_info
 from training.synth.config import SynthConfig
@@ -51,16 +51,17 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
     """Run the synthesis stage; returns the stats written to `stats.json`."""
     out = Path(config.out)
     problems = load_problems(config.problems, skip_invalid=config.skip_invalid)
-    rows = _select_split(problems.rows, config.split)
+    rows = _select_split(_check_not_empty(problems), config.split)
     fresh = _prepare(out, config)
     teacher = make_teacher(config.teacher, config)  # a bad teacher spec fails before --out exists
-    if fresh:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / RUN_FILE, run_settings(config))
     try:
         kept, source_rejections = source_filter(
             rows, problems.root, config, not teacher.sees_images
         )
+        _check_kept(problems.source, rows, kept, source_rejections)
+        if fresh:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / RUN_FILE, run_settings(config))
         kept = kept[: config.limit] if config.limit else kept
         started = time.perf_counter()
         done_now = _run_teacher(teacher, kept, problems.root, out, config.mode, progress)
@@ -68,6 +69,46 @@ def synthesize(config: SynthConfig, progress: Progress | None = None) -> dict[st
     finally:
         teacher.close()
     return _finalize(out, config, kept, problems.root, source_rejections, done_now, elapsed)
+
+
+def _check_not_empty(problems: Any) -> list[dict[str, Any]]:
+    """The problem rows; a file without any (empty, or every row skipped) is an error."""
+    if problems.rows:
+        return problems.rows
+    if problems.skipped:
+        first = problems.skipped[0]
+        raise DataError(
+            f"{problems.source}: no valid problem: all {len(problems.skipped)} rows were skipped "
+            f"(first: {first['reason']}); fix the rows, --skip-invalid only leaves bad ones out"
+        )
+    raise DataError(
+        f"{problems.source}: no problems (the file has no rows); pass a problem set with rows, "
+        "e.g. one written by `casseat-edge bench make --out DIR`"
+    )
+
+
+# what to change when a source filter removed every problem
+FILTER_FIXES = {
+    "family_not_allowed": "widen --families",
+    "question_too_long": "raise --max-question-chars",
+    "image_too_large": "raise --max-image-pixels",
+    "no_caption": "add metadata.caption or use a teacher that sees images",
+}
+
+
+def _check_kept(
+    source: str, rows: list[dict[str, Any]], kept: list[dict[str, Any]], rejected: list[Rejection]
+) -> None:
+    """Every problem removed before the teacher runs is an error naming the rules that did it."""
+    if kept or not rows:
+        return
+    rules = Counter(r.rule for r in rejected)
+    counts = ", ".join(f"{rule}: {n}" for rule, n in rules.most_common())
+    fixes = [FILTER_FIXES.get(rule, "fix the problem rows") for rule in rules]
+    raise DataError(
+        f"{source}: the source filters removed all {len(rows)} problems ({counts}); "
+        + "; ".join(dict.fromkeys(fixes))
+    )
 
 
 def _select_split(rows: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

@@ -14,9 +14,10 @@ plain strings, which every server's chat template accepts.
 Standard library only. `concurrency` requests are in flight at once; each has `timeout_s` and is
 retried `retries` times with exponential backoff and jitter on connection errors, timeouts, HTTP
 429 and 5xx. Other 4xx answers are not retried. The key comes from `$OPENAI_API_KEY` when set. The
-client talks only to the URL given: environment proxies are ignored and nothing is bound.
-A server that stays unreachable, or answers 401/403/404 (wrong URL, key or model), ends the run:
-every later request would fail the same way.
+client talks only to the URL given: environment proxies are ignored, redirects are not followed
+(urllib would resend the key to wherever one points: another host, or plain http) and nothing is
+bound. A server that stays unreachable, redirects, or answers 401/403/404 (wrong URL, key or
+model), ends the run: every later request would fail the same way.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ class OpenAITeacher(ChatTeacher):
                 f"openai teacher: refusing to send $OPENAI_API_KEY over plain http to {self.base_url}; "
                 "use https, a loopback address, or unset the key"
             )
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
         self._fatal: OpenAIRequestError | None = None
 
     def run(self, items: list[SynthItem], mode: str) -> Iterator[TeacherOutput]:
@@ -192,6 +193,13 @@ class OpenAITeacher(ChatTeacher):
             ) from None
 
     def _raise_for_status(self, exc: urllib.error.HTTPError) -> NoReturn:
+        if 300 <= exc.code < 400:
+            self._fatal = OpenAIRequestError(
+                f"openai teacher: {self.endpoint} answered HTTP {exc.code}, a redirect to "
+                f"{_location(exc)}; redirects are not followed (they would carry the API key "
+                "along): put the URL the server redirects to in the teacher spec"
+            )
+            raise self._fatal from None
         message = _server_message(exc)
         if exc.code in RETRY_STATUSES or exc.code >= 500:
             raise _Retryable(f"HTTP {exc.code}: {message}", _retry_after(exc)) from None
@@ -303,6 +311,18 @@ def _server_message(exc: urllib.error.HTTPError) -> str:
         message = raw
     text = " ".join(str(message).split()) or exc.reason or "no message"
     return text[:300]
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: the 3xx answer comes back as an `HTTPError` (`_raise_for_status`)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        return None
+
+
+def _location(exc: urllib.error.HTTPError) -> str:
+    location = " ".join(str(exc.headers.get("Location") or "").split())
+    return location[:200] or "an unnamed location"
 
 
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:
