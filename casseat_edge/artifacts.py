@@ -23,6 +23,7 @@ from typing import Any
 
 from casseat_edge import __version__
 from casseat_edge.errors import CasseatError, DataError
+from casseat_edge.locks import LOCK_FILE, is_empty
 
 MANIFEST = "casseat.json"
 TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "gguf", "llama_cpp_python", "pillow")
@@ -115,6 +116,11 @@ def parse_json_object(line: str | bytes, where: str) -> dict[str, Any]:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: malformed JSON ({exc.msg}); fix or remove the line") from None
+    except ValueError as exc:  # e.g. an integer over Python's 4,300-digit conversion limit
+        reason = str(exc).splitlines()[0]
+        raise DataError(
+            f"{where}: unreadable JSON value ({reason}); fix or remove the line"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, found {type(obj).__name__}")
     return obj
@@ -229,7 +235,10 @@ def prepare_out_dir(
     unfinished run that predicate recognises: never an arbitrary folder."""
     path = Path(path)
     if check_out_dir(path, overwrite, kind, interrupted):
-        shutil.rmtree(path)
+        for child in path.iterdir():  # a writer's lock (casseat_edge.locks) stays held
+            if child.name == LOCK_FILE:
+                continue
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -248,7 +257,7 @@ def check_out_dir(
         return False
     if not path.is_dir():
         raise CasseatError(f"{path} is a file, not a directory; choose another --out")
-    if not any(path.iterdir()):
+    if is_empty(path):
         return False
     if not overwrite:
         raise CasseatError(

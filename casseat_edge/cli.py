@@ -356,7 +356,8 @@ def _single_quant(config_class: Any, overrides: dict[str, Any], fmt: str) -> dic
 def export(fmt: str, config_file: str | None, as_json: bool, **params: Any) -> None:
     """Export a model for an edge runtime and verify it against PyTorch (exit 3 if parity fails,
     after the files are written). GGUF: text model + mmproj for VLMs, llama.cpp quant types.
-    ONNX: the split vision_encoder / embed_tokens / decoder_model_merged layout, fp32|int8|int4.
+    ONNX: transformers.js' layout (text: model.onnx; VLM: vision_encoder / embed_tokens /
+    decoder_model_merged), fp32|int8|int4 (files _int8, _q4).
     Flags of one format only (e.g. --mmproj-quant, --opset) are errors with the other.
 
     Example: casseat-edge export --model tiny:smolvlm --format onnx --out onnx --quant fp32,int4

@@ -170,6 +170,11 @@ def _read_yaml(cls: type[StageConfig], path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: not valid YAML ({exc.__class__.__name__}); fix the syntax"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the config file as UTF-8"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, found {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -10,11 +10,12 @@
 4. `train`  - the student (`--student`: the pretrained `smollm2` preset with LoRA, or `scratch`)
               trained on the Cas-SEAT mix (and, with `--ablation`, a CoT-only and a SEAT student
               of the same family with the same budget);
-5. `export` - GGUF (text + mmproj) per llama.cpp type, ONNX (split layout) per type, and
+5. `export` - GGUF (text + mmproj) per llama.cpp type, ONNX (transformers.js' layout) per type, and
               bitsandbytes checkpoints, each verified against the trained student (an ablation
               student exports only the headline artifact, the first of `--evaluate`);
 6. `eval`   - the `--evaluate` artifacts with each policy on the held-out split (torch, the
-              slowest backend, on fewer problems); ablation students with cot, cas-seat, seat;
+              slowest backend, on fewer problems; cot read off cas-seat's stage 1); ablation
+              students with cot, cas-seat, seat;
 7. `report` - the latency/accuracy tradeoff report over every evaluation.
 
 Every stage writes its own directory under `out/`; `out/.stamps/<stage>.json` records the stage's

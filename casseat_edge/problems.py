@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from casseat_edge.answers import MAX_PRECISION, check_precision
-from casseat_edge.artifacts import parse_json_object
+from casseat_edge.artifacts import jsonl_lines, parse_json_object
 from casseat_edge.errors import DataError
 
 ANSWER_TYPES = ("integer", "float", "text", "multi_choice")
@@ -182,17 +182,14 @@ def load_jsonl_problems(path: str | Path, skip_invalid: bool = False) -> Problem
     """Read our `problems.jsonl` (or any JSONL in the problem format)."""
     path = Path(path)
     rows, unreadable = [], []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                rows.append((where, parse_json_object(line, where)))
-            except DataError as exc:
-                if not skip_invalid:
-                    raise
-                unreadable.append({"where": where, "reason": str(exc), "pid": None})
+    for lineno, raw in jsonl_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            rows.append((where, parse_json_object(raw, where)))
+        except DataError as exc:
+            if not skip_invalid:
+                raise
+            unreadable.append({"where": where, "reason": str(exc), "pid": None})
     problems = validate_rows(rows, path.parent, str(path), skip_invalid)
     problems.skipped[:0] = unreadable
     return problems

@@ -423,3 +423,22 @@ def test_summary_and_report_api_refuse_wrong_types(tmp_path) -> None:
 def test_a_problem_answer_of_the_wrong_type_is_named() -> None:
     with pytest.raises(DataError, match=r"problem 'i': answer: expected a string or number"):
         is_correct("12", {**INT, "answer": ["12"]})
+
+
+# --- 8. undecodable files: our own problems.jsonl, a --config YAML, a 5,000-digit integer -------
+
+
+def test_undecodable_problem_file_config_and_huge_integer(tmp_path):
+    bench = tmp_path / "b"
+    cli("bench", "make", "--out", bench, "--n", "4", "--seed", "1", code=0)
+    rows = (bench / "problems.jsonl").read_bytes().splitlines(keepends=True)
+    (bench / "problems.jsonl").write_bytes(rows[0] + b'{"pid": "\xff\xfe"}\n' + b"".join(rows[1:]))
+    line = one_error_line(cli("bench", "check", bench, code=1))
+    assert "problems.jsonl:2" in line and "UTF-8" in line
+    config = tmp_path / "eval.yaml"
+    config.write_bytes(b"limit: 2\nname: caf\xe9\n")
+    line = one_error_line(cli("eval", "--config", config, "--bench", bench, code=2))
+    assert str(config) in line and "UTF-8" in line
+    (bench / "problems.jsonl").write_bytes(rows[0] + b'{"pid": ' + b"9" * 5000 + b"}\n")
+    line = one_error_line(cli("bench", "check", bench, code=1))
+    assert "problems.jsonl:2" in line and "digits" in line

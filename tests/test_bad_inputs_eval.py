@@ -1,5 +1,6 @@
-"""Issue 14, evaluation: `--resume` of another run and two writers to one `--out` are refused
-with one line (exit 2 / 1) and the rows already there are left as they were."""
+"""Issue 14, evaluations and exports: `--resume` of another run and two writers to one `--out`
+(eval, export) are refused with one line (exit 2 / 1), and what is already there is left as it
+was."""
 
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def test_resume_with_another_run_identity_is_refused(bench, tmp_path):
     one_error_line(evaluate(bench, foreign, "--resume"), 2, "casseat.json")
 
 
-def test_a_second_writer_to_one_out_is_refused(bench, tmp_path):
-    out = tmp_path / "busy"
+def hold_lock(out):
+    """Another process writing to `out` (it holds the directory's lock until killed)."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from casseat_edge.locks import DirectoryLock\n"
@@ -66,8 +67,14 @@ def test_a_second_writer_to_one_out_is_refused(bench, tmp_path):
          str(out)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_writer_to_one_out_is_refused(bench, tmp_path):
+    out = tmp_path / "busy"
+    holder = hold_lock(out)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         result = evaluate(bench, out)
         one_error_line(result, 1, str(out), f"pid {holder.pid}", "another --out")
         assert not (out / "results.jsonl").exists()
@@ -77,3 +84,23 @@ def test_a_second_writer_to_one_out_is_refused(bench, tmp_path):
     # the lock died with its process: the directory is usable at once, the lock file is no content
     result = evaluate(bench, out)
     assert result.exit_code == 0, result.output
+
+
+def test_a_second_export_to_one_out_is_refused(tmp_path):
+    out = tmp_path / "gguf"
+    args = ["export", "--model", "tiny:llama", "--format", "gguf", "--out", str(out)]
+    first = CliRunner().invoke(main, [*args, "--quant", "f16"])
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".gguf", ".json")}
+    holder = hold_lock(out)
+    try:
+        second = CliRunner().invoke(main, [*args, "--quant", "q8_0", "--overwrite"])
+        one_error_line(second, 1, str(out), f"pid {holder.pid}")
+        after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".gguf", ".json")}
+        assert after == before  # the other writer's files are untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    again = CliRunner().invoke(main, [*args, "--quant", "q8_0", "--overwrite", "--json"])
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["model-q8_0.gguf"]

@@ -45,9 +45,12 @@ class Idefics3Arch(ArchSpec):
 
     @classmethod
     def load_processor(cls, model_dir: Path) -> Any:
+        """The saved processor, cutting images as llama.cpp's libmtmd does (`tiled`)."""
         from transformers import AutoProcessor
 
-        return AutoProcessor.from_pretrained(model_dir)
+        processor = AutoProcessor.from_pretrained(model_dir)
+        processor.image_processor = tiled(processor.image_processor)
+        return processor
 
     @classmethod
     def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:
@@ -204,6 +207,48 @@ def _copy_text_weights(model: Any, text_dir: Path) -> None:
         raise ValueError(f"{text_dir}: weights do not fit (missing {missing}, extra {unexpected})")
 
 
+def tiled(image_processor: Any) -> Any:
+    """`image_processor` as an Idefics3 processor that lays images out as llama.cpp's libmtmd
+    does, which every llama.cpp client (llama-server, Ollama, llama-cpp-python's server) uses:
+    images are always cut into tiles plus a global image, and one that fits a single tile is a
+    1x1 grid (the tile, then the global image: 2 x image_seq_len + 3 more tokens than HF's
+    global image alone). Training, export verification and every backend use this layout, so a
+    student sees in a llama.cpp client exactly the tokens it was trained on. transformers.js
+    and HF's own processor give such an image no grid (see the README)."""
+    settings = {**image_processor.to_dict(), "do_image_splitting": True}
+    settings.pop("image_processor_type", None)
+    return _tiled_class()(**settings)
+
+
+def _tiled_class() -> type:
+    """Made on first use (transformers is imported lazily) and kept as a module attribute, so
+    the processor pickles into data-loader workers."""
+    cls = globals().get("TiledIdefics3ImageProcessor")
+    if cls is not None:
+        return cls
+    from transformers import Idefics3ImageProcessor
+
+    class TiledIdefics3ImageProcessor(Idefics3ImageProcessor):
+        def split_image(self, image: Any, max_image_size: Any, *args: Any, **kwargs: Any) -> Any:
+            frames, rows, cols = super().split_image(image, max_image_size, *args, **kwargs)
+            if rows == 0 and cols == 0:  # it fits one tile (already resized to it)
+                return [image, image], 1, 1
+            return frames, rows, cols
+
+        def to_dict(self) -> dict[str, Any]:  # saved as the standard class clients know
+            return {**super().to_dict(), "image_processor_type": "Idefics3ImageProcessor"}
+
+    TiledIdefics3ImageProcessor.__qualname__ = "TiledIdefics3ImageProcessor"
+    globals()["TiledIdefics3ImageProcessor"] = TiledIdefics3ImageProcessor
+    return TiledIdefics3ImageProcessor
+
+
+def __getattr__(name: str) -> Any:  # unpickling in a fresh process
+    if name == "TiledIdefics3ImageProcessor":
+        return _tiled_class()
+    raise AttributeError(name)
+
+
 def _make(
     tokenizer_dir: Path,
     seed: int,
@@ -213,7 +258,7 @@ def _make(
     vision: dict[str, int],
     text: dict[str, Any],
 ) -> tuple[Any, Any]:
-    """A seeded Idefics3 model and its processor (64-px single-image layout, ChatML)."""
+    """A seeded Idefics3 model and its processor (64-px tiles in libmtmd's layout, ChatML)."""
     from transformers import (
         AutoTokenizer,
         Idefics3Config,
@@ -226,12 +271,14 @@ def _make(
     tokenizer.add_special_tokens(
         {"additional_special_tokens": IDEFICS3_SPECIAL}, replace_additional_special_tokens=False
     )
-    image_processor = Idefics3ImageProcessor(
-        size={"longest_edge": image},
-        max_image_size={"longest_edge": image},
-        do_image_splitting=False,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+    image_processor = tiled(
+        Idefics3ImageProcessor(
+            size={"longest_edge": image},
+            max_image_size={"longest_edge": image},
+            do_image_splitting=True,
+            image_mean=[0.5, 0.5, 0.5],
+            image_std=[0.5, 0.5, 0.5],
+        )
     )
     processor = Idefics3Processor(
         image_processor,

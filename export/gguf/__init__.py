@@ -19,6 +19,7 @@ from typing import Any
 
 from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
 from casseat_edge.errors import ModelSpecError, ParityError, UnsupportedArchError
+from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
@@ -53,6 +54,11 @@ class GgufExporter:
 
 def export_gguf(config: GgufExportConfig) -> dict[str, Any]:
     """Convert, quantize, re-read and (unless `verify=False`) verify; returns the summary."""
+    with DirectoryLock(config.out):  # one writer per --out: no mixed files marked passed
+        return _export_gguf(config)
+
+
+def _export_gguf(config: GgufExportConfig) -> dict[str, Any]:
     start = time.perf_counter()
     ref = resolve_model(config.model)
     architecture = ref.arch.architecture if ref.arch else None

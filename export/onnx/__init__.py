@@ -26,6 +26,7 @@ from typing import Any
 
 from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
 from casseat_edge.errors import ParityError
+from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.onnx_split import (
     DECODER,
@@ -71,6 +72,11 @@ class OnnxExporter:
 
 def export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     """Trace, quantize, verify (unless `verify=False`) and write the manifest; the summary."""
+    with DirectoryLock(config.out):  # one writer per --out: no mixed files marked passed
+        return _export_onnx(config)
+
+
+def _export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     start = time.perf_counter()
     ref = resolve_model(config.model)
     family = family_for(ref.arch.architecture if ref.arch else None)
