@@ -2,7 +2,8 @@
 `out/.casseat.lock` for the duration, so a second process writing to the same `--out` (a second
 `eval`, `export`, ...) stops at once with one line instead of interleaving its files with the
 first's. The lock dies with its process (a killed run can be resumed at once); the empty lock file
-stays and is not counted as content (`is_empty`)."""
+stays and is not counted as content (`is_empty`). A directory the lock created and nothing was
+written to (the command failed its checks) is removed again on exit."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ class DirectoryLock:
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> DirectoryLock:
+        self._created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,11 +52,15 @@ class DirectoryLock:
         value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        if self._created and is_empty(self.directory):
+            (self.directory / LOCK_FILE).unlink(missing_ok=True)
+            self.directory.rmdir()
+        os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
 
 def is_empty(directory: str | Path) -> bool:
