@@ -1,6 +1,6 @@
 """Cross-backend parity of the whole cascade: on F32 artifacts of the same tiny model, greedy
 cas-seat (stage 1, then stage 2 on stage 1's KV cache) gives token for token the same conversation
-on torch (the reference), llama.cpp (GGUF + mmproj) and onnxruntime (split ONNX export); and on
+on torch (the reference), llama.cpp (GGUF + mmproj) and onnxruntime (ONNX export); and on
 every backend stage 2 evaluates only the stage-2 prompt's own tokens.
 
 Each backend is a parameter: a backend that is not registered, or an architecture its exporter

@@ -1,4 +1,4 @@
-"""F32 exports of the tiny models (GGUF + mmproj, split ONNX), shared by the runtime tests.
+"""F32 exports of the tiny models (GGUF + mmproj, ONNX), shared by the runtime tests.
 
 Exported once per test session into $CASSEAT_HOME (a per-session temp dir, or $CASSEAT_TEST_HOME),
 without the exporters' own verification (test_export_gguf.py and the ONNX export tests cover it):
@@ -32,7 +32,7 @@ def exported_gguf(model: str, quant: str = "f32") -> tuple[Path, Path | None]:
 
 
 def exported_onnx(model: str) -> Path:
-    """The fp32 split ONNX export directory of `model`."""
+    """The fp32 ONNX export directory of `model`."""
     from casseat_edge.config import load_config
     from export.onnx import OnnxExportConfig, export_onnx
 
