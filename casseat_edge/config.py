@@ -277,3 +277,20 @@ def cli_overrides(params: Mapping[str, Any]) -> dict[str, Any]:
             value = tuple(p.strip() for v in value for p in str(v).split(",") if p.strip())
         out[key] = value
     return out
+
+
+MAX_THREADS_PER_CORE = 4  # more only adds contention; ggml crashes on absurd counts (100000)
+
+
+def check_threads(threads: int | None) -> int:
+    """The CPU thread count to use: 0/None -> all cores; else 1 .. 4x the cores, or ConfigError."""
+    cores = os.cpu_count() or 1
+    if not threads:
+        return cores
+    limit = MAX_THREADS_PER_CORE * cores
+    if not 1 <= threads <= limit:
+        raise ConfigError(
+            f"--threads: expected 1 to {limit} ({MAX_THREADS_PER_CORE}x the {cores} CPU cores) or "
+            f"0 for all cores, found {threads}"
+        )
+    return threads

@@ -35,7 +35,6 @@ import ctypes
 import dataclasses
 import hashlib
 import logging
-import os
 import struct
 import time
 import weakref
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from casseat_edge.config import check_threads
 from casseat_edge.errors import (
     BackendUnavailableError,
     CasseatError,
@@ -503,23 +503,6 @@ class LlamaSession:
             self.ids, self.images = [], []
             raise DataError("llama.cpp could not restore the sequence snapshot")
         self.ids, self.images = list(state.ids), list(state.images)
-
-
-MAX_THREADS_PER_CORE = 4  # more only adds contention; ggml crashes on absurd counts (100000)
-
-
-def check_threads(threads: int | None) -> int:
-    """The CPU thread count to use: 0/None -> all cores; else 1 .. 4x the cores, or ConfigError."""
-    cores = os.cpu_count() or 1
-    if not threads:
-        return cores
-    limit = MAX_THREADS_PER_CORE * cores
-    if not 1 <= threads <= limit:
-        raise ConfigError(
-            f"--threads: expected 1 to {limit} ({MAX_THREADS_PER_CORE}x the {cores} CPU cores) or "
-            f"0 for all cores, found {threads}"
-        )
-    return threads
 
 
 # GGUF value types -> size in bytes of the fixed-size ones (8: string, 9: array)

@@ -23,6 +23,7 @@ from typing import Any
 
 from casseat_edge.answers import extract, is_correct
 from casseat_edge.artifacts import MANIFEST
+from casseat_edge.config import check_threads
 from casseat_edge.errors import ConfigError, DataError
 from casseat_edge.models import ModelRef
 from casseat_edge.preprocess import add_caption, load_image
@@ -54,8 +55,10 @@ class Cascade:
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}; expected one of: {', '.join(POLICIES)}")
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+        if backend_options.get("threads") is not None:  # every backend: 100,000 aborts BLAS
+            check_threads(backend_options["threads"])
         self.engine = (
             model
             if isinstance(model, (Engine, TurnEngine))

@@ -255,3 +255,10 @@ def test_solve_after_close_is_an_error_not_a_crash(smolvlm, image) -> None:
     result = _python(["-c", textwrap.dedent(code)])
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert "this llama.cpp session is closed" in result.stdout
+
+
+@pytest.mark.parametrize("threads", ["-3", "100000"])  # torch: a traceback / OpenBLAS abort
+def test_threads_out_of_range_on_the_torch_backend(threads) -> None:
+    args = ["run", "--model", "tiny:llama", "--backend", "torch", "--question", "2 + 2?",
+            "--caption", "none", "--max-new-tokens", "2", "--threads", threads]  # fmt: skip
+    assert_one_error_line(casseat(*args), 2, f"--threads: expected 1 to {4 * os.cpu_count()}")
