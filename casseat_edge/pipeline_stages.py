@@ -488,6 +488,7 @@ def check_tokenizer_parity(tokenizer_dir: Path, gguf: Path, problems_path: Path)
     """Our HF tokenizer vs llama.cpp's on every question and caption; any difference is a ParityError."""
     try:
         import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
     except ImportError:
         raise CasseatError(
             "the tokenizer check needs llama-cpp-python; run scripts/setup.sh (extra: llama)"
@@ -497,12 +498,24 @@ def check_tokenizer_parity(tokenizer_dir: Path, gguf: Path, problems_path: Path)
     from casseat_edge.artifacts import read_jsonl
 
     ours = AutoTokenizer.from_pretrained(tokenizer_dir)
-    reference = llama_cpp.Llama(str(gguf), vocab_only=True, verbose=False)
-    texts = [t for _, row in read_jsonl(problems_path) for t in _texts(row)]
-    for text in texts:
-        expected = reference.tokenize(text.encode(), add_bos=False, special=True)
-        if ours(text, add_special_tokens=False).input_ids != expected:
-            raise ParityError(f"{tokenizer_dir}: ids differ from llama.cpp's on {text[:60]!r}")
+    # the vocabulary alone: a Llama object would also make a context (and warn about its size)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    with suppress_stdout_stderr(disable=False):
+        model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), params)
+    if not model:
+        raise CasseatError(f"{gguf}: llama.cpp could not read its vocabulary")
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        texts = [t for _, row in read_jsonl(problems_path) for t in _texts(row)]
+        for text in texts:
+            data = text.encode()
+            ids = (llama_cpp.llama_token * (len(data) + 8))()
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), ids, len(ids), False, True)
+            if ours(text, add_special_tokens=False).input_ids != list(ids[: max(n, 0)]):
+                raise ParityError(f"{tokenizer_dir}: ids differ from llama.cpp's on {text[:60]!r}")
+    finally:
+        llama_cpp.llama_model_free(model)
     return {"texts": len(texts), "mismatches": 0}
 
 

@@ -146,3 +146,25 @@ def test_ablation_plan_compares_every_student_on_the_headline_artifact(tmp_path)
         assert mine == {"cot", "cas-seat", "seat"}
     names = [_run_name(n, *a.split("/"), p) for n, a, p in plan]
     assert len(names) == len(set(names)) == 6 + 1 + 3 + 3
+
+
+def test_tokenizer_parity_check_passes_ours_and_catches_another(tmp_path):
+    """The main job's `model` stage: SmolLM2's rebuilt tokenizer gives llama.cpp's ids on every
+    question, caption and choice (read from the GGUF's vocabulary alone); one that reads a
+    common word as a new token does not."""
+    from transformers import AutoTokenizer
+
+    from casseat_edge.bench import BenchConfig, make_bench
+    from casseat_edge.errors import ParityError
+    from casseat_edge.models.embedded import embedded_gguf, embedded_tokenizer_dir
+    from casseat_edge.pipeline_stages import check_tokenizer_parity
+
+    make_bench(BenchConfig(out=str(tmp_path / "b"), n=6, seed=2))
+    problems = tmp_path / "b" / "problems.jsonl"
+    ours = check_tokenizer_parity(embedded_tokenizer_dir(), embedded_gguf(), problems)
+    assert ours["mismatches"] == 0 and ours["texts"] >= 12
+    other = AutoTokenizer.from_pretrained(embedded_tokenizer_dir())
+    other.add_tokens(["What", " the"])
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ParityError, match="ids differ from llama.cpp's"):
+        check_tokenizer_parity(tmp_path / "other", embedded_gguf(), problems)
