@@ -31,6 +31,7 @@ from PIL import Image
 from casseat_edge.preprocess import user_messages
 from runtime.backends import Conversation
 from tests.conftest import has_module
+from tests.processes import stop
 from tests.tiny_exports import exported_gguf
 
 pytestmark = pytest.mark.skipif(
@@ -88,12 +89,7 @@ def serve(text_gguf: Path, mmproj: Path | None, log: Path) -> Iterator[str]:
                 time.sleep(0.5)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, grace_s=30)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pytest
 from casseat_edge.bench import BenchConfig, make_bench
 from casseat_edge.errors import CasseatError, ConfigError
 from casseat_edge.registry import TEACHERS
+from tests.processes import stop
 from training.synth.config import SynthConfig
 from training.synth.teachers.base import SynthItem
 from training.synth.teachers.openai import (
@@ -87,12 +88,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_for_models(url, process, log, deadline=time.monotonic() + 60)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def wait_for_models(url: str, process: subprocess.Popen, log: Path, deadline: float) -> None:

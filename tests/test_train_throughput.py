@@ -4,11 +4,14 @@ the last stdout line is the JSON summary with both tokens/s and peak RSS measure
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, however it is installed
 
 
 def test_train_throughput_smoke():
@@ -17,6 +20,7 @@ def test_train_throughput_smoke():
         capture_output=True,
         text=True,
         timeout=300,
+        env=ENV,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -36,6 +40,7 @@ def test_train_throughput_student_recipe_smoke():
         capture_output=True,
         text=True,
         timeout=300,
+        env=ENV,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
