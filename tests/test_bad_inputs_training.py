@@ -22,7 +22,7 @@ from casseat_edge.bench import BenchConfig, make_bench
 from casseat_edge.cli import main
 from casseat_edge.errors import CasseatError, DataError
 from casseat_edge.models import load_model, resolve_model
-from casseat_edge.preprocess import user_messages
+from tests.test_sft import write_short_samples
 from training.sft.run import is_interrupted_run
 from training.synth.config import SynthConfig
 from training.synth.teachers.base import SynthItem
@@ -64,21 +64,9 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_samples(out: Path, n: int = 4) -> Path:
-    """`n` short cot samples with one image each."""
-    (out / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        Image.new("RGB", (16, 16), (30 * i, 40, 200)).save(out / "images" / f"{i}.png")
-        messages = user_messages(f"How many dots are in picture {i}?") + [
-            {"role": "assistant", "content": [{"type": "text", "text": f"Final answer: {i}"}]}
-        ]
-        rows.append(
-            {"id": f"s{i}", "pid": f"p{i}", "kind": "cot", "image": f"images/{i}.png",
-             "messages": messages, "caption": f"{i} dots.", "split": "train"}
-        )  # fmt: skip
-    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return out
+def write_samples(out: Path) -> Path:
+    """4 short captioned cot samples with one image each (test_sft's writer)."""
+    return write_short_samples(out, n=4)
 
 
 @pytest.fixture(scope="module")
