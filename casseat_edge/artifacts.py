@@ -23,7 +23,7 @@ from typing import Any
 
 from casseat_edge import __version__
 from casseat_edge.errors import CasseatError, DataError
-from casseat_edge.locks import LOCK_FILE, is_empty
+from casseat_edge.locks import BOOKKEEPING, LOCK_FILE, STAGING_DIR, is_empty
 
 MANIFEST = "casseat.json"
 TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "gguf", "llama_cpp_python", "pillow")
@@ -236,11 +236,57 @@ def prepare_out_dir(
     path = Path(path)
     if check_out_dir(path, overwrite, kind, interrupted):
         for child in path.iterdir():  # a writer's lock (casseat_edge.locks) stays held
-            if child.name == LOCK_FILE:
-                continue
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.name != LOCK_FILE:
+                _remove(child)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+SWAP_MARKER = ".swapping"  # present only while staged files move into place
+
+
+@contextlib.contextmanager
+def staged_out_dir(
+    path: str | Path, overwrite: bool = False, kind: str | None = None
+) -> Iterator[Path]:
+    """Write an artifact all at once: `with staged_out_dir(out, overwrite, "export") as stage:`
+    checks `out` as `prepare_out_dir` does, yields an empty `out/.partial/` to write everything
+    into (manifest included), and only when the block succeeds replaces `out`'s old contents with
+    it (the old manifest goes first, the new one last; a rename each). A failed or interrupted
+    write leaves `out` as it was: no half-written model beside an old manifest that says passed.
+    Hold the directory's `DirectoryLock` around it."""
+    path = Path(path)
+    check_out_dir(path, overwrite, kind, interrupted=lambda p: (p / SWAP_MARKER).exists())
+    stage = path / STAGING_DIR
+    path.mkdir(parents=True, exist_ok=True)
+    _remove(stage)  # a killed run's
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        _remove(stage)
+        raise
+    _swap_in(path, stage)
+
+
+def _swap_in(path: Path, stage: Path) -> None:
+    marker = path / SWAP_MARKER
+    marker.touch()
+    old = sorted(path.iterdir(), key=lambda p: p.name != MANIFEST)  # the manifest first
+    for child in old:
+        if child.name not in (*BOOKKEEPING, SWAP_MARKER):
+            _remove(child)
+    for child in sorted(stage.iterdir(), key=lambda p: p.name == MANIFEST):  # the manifest last
+        child.rename(path / child.name)
+    stage.rmdir()
+    marker.unlink()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def check_out_dir(

@@ -15,6 +15,8 @@ from types import TracebackType
 from casseat_edge.errors import CasseatError
 
 LOCK_FILE = ".casseat.lock"
+STAGING_DIR = ".partial"  # where an export writes before its files move into place (artifacts.py)
+BOOKKEEPING = (LOCK_FILE, STAGING_DIR)
 
 
 class DirectoryBusyError(CasseatError):
@@ -54,7 +56,11 @@ class DirectoryLock:
     ) -> None:
         if self._fd is None:
             return
-        if self._created and is_empty(self.directory):
+        if (
+            self._created
+            and is_empty(self.directory)
+            and not (self.directory / STAGING_DIR).exists()
+        ):
             (self.directory / LOCK_FILE).unlink(missing_ok=True)
             self.directory.rmdir()
         os.ftruncate(self._fd, 0)
@@ -64,5 +70,5 @@ class DirectoryLock:
 
 
 def is_empty(directory: str | Path) -> bool:
-    """No entries but (possibly) our lock file."""
-    return all(p.name == LOCK_FILE for p in Path(directory).iterdir())
+    """No entries but (possibly) our lock file and a killed export's staging directory."""
+    return all(p.name in BOOKKEEPING for p in Path(directory).iterdir())

@@ -134,7 +134,11 @@ def synth_stage(ctx: Context) -> dict[str, Any]:
     variant = {"cas-seat": {}, "cot": {"eval_fraction": 0.0}, "seat": {"mode": "seat"}}
     runs = {
         name: SynthConfig(
-            teacher="procedural", out=str(_synth_dir(ctx, name)), **variant[name], **common
+            teacher="procedural",
+            out=str(_synth_dir(ctx, name)),
+            wording="plain",
+            **variant[name],
+            **common,
         )
         for name in _students(config)
     }

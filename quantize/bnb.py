@@ -14,12 +14,13 @@ from typing import Any, ClassVar
 
 from casseat_edge.artifacts import (
     dir_size,
-    prepare_out_dir,
     sha256_file,
     sha256_json,
+    staged_out_dir,
     write_manifest,
 )
 from casseat_edge.errors import BackendUnavailableError, ConfigError, ParityError
+from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import LoadedModel, ModelRef, load_model, resolve_model
 from casseat_edge.registry import QUANT
 from quantize.config import QuantizeConfig
@@ -90,31 +91,37 @@ BNB_METHODS: dict[str, type[BnbMethod]] = {"bnb-int8": BnbInt8, "bnb-nf4": BnbNf
 
 def quantize_bnb(config: QuantizeConfig) -> dict[str, Any]:
     """Quantize, save, measure and verify; see the package docstring."""
+    with DirectoryLock(config.out):  # one writer per --out
+        return _quantize_bnb(config)
+
+
+def _quantize_bnb(config: QuantizeConfig) -> dict[str, Any]:
     start = time.time()
     method = BNB_METHODS[config.method]
     ref = resolve_model(config.model)  # a LoRA adapter directory fails here, naming the fix
     source = load_model(ref)  # also rejects GGUF/export artifacts
     if getattr(source.model.config, "quantization_config", None) is not None:
         raise ConfigError(f"{config.model} is already quantized; pass its float source model")
-    out = prepare_out_dir(config.out, config.overwrite, kind="model")
-    model = _load_quantized(ref, source, method)
-    model.save_pretrained(out, safe_serialization=True)
-    source.processor.save_pretrained(out)
-    linear_bytes, linear_params = _quantized_linear_bytes(model)
-    parity = _parity(source, model, method)
-    summary = {
-        "model": config.model,
-        "method": method.name,
-        "out": str(out),
-        "files": [{"file": p.name, "bytes": p.stat().st_size} for p in sorted(out.iterdir())],
-        "size_mb": round(dir_size(out) / 1e6, 3),
-        "quantized_params": linear_params,
-        "bits_per_weight": round(8 * linear_bytes / linear_params, 3),
-        "parity": parity,
-        "seconds": round(time.time() - start, 1),
-    }
-    inputs = {"model": config.model, "source_sha256": _source_hash(ref.path)}
-    write_manifest(out, "model", config.to_dict(), inputs, **summary)
+    out = Path(config.out)
+    with staged_out_dir(out, config.overwrite, kind="model") as stage:
+        model = _load_quantized(ref, source, method)
+        model.save_pretrained(stage, safe_serialization=True)
+        source.processor.save_pretrained(stage)
+        linear_bytes, linear_params = _quantized_linear_bytes(model)
+        parity = _parity(source, model, method)
+        summary = {
+            "model": config.model,
+            "method": method.name,
+            "out": str(out),
+            "files": [{"file": p.name, "bytes": p.stat().st_size} for p in sorted(stage.iterdir())],
+            "size_mb": round(dir_size(stage) / 1e6, 3),
+            "quantized_params": linear_params,
+            "bits_per_weight": round(8 * linear_bytes / linear_params, 3),
+            "parity": parity,
+            "seconds": round(time.time() - start, 1),
+        }
+        inputs = {"model": config.model, "source_sha256": _source_hash(ref.path)}
+        write_manifest(stage, "model", config.to_dict(), inputs, **summary)
     if not parity["passed"]:
         raise ParityError(
             f"{method.name} parity failed vs fp32: top1 {parity['top1']} (min {method.top1_min}), "

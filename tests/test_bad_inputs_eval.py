@@ -1,18 +1,21 @@
 """Issue 14, evaluations and exports: `--resume` of another run and two writers to one `--out`
 (eval, export) are refused with one line (exit 2 / 1), and what is already there is left as it
-was."""
+was; a killed export leaves the previous one whole."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
 
+from casseat_edge.artifacts import read_manifest, staged_out_dir, write_manifest
 from casseat_edge.bench import BenchConfig, make_bench
 from casseat_edge.cli import main
+from casseat_edge.errors import CasseatError
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +107,58 @@ def test_a_second_export_to_one_out_is_refused(tmp_path):
     again = CliRunner().invoke(main, [*args, "--quant", "q8_0", "--overwrite", "--json"])
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.glob("*.gguf")) == ["model-q8_0.gguf"]
+
+
+def model_files(out):
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".gguf", ".json")}
+
+
+def test_a_killed_export_leaves_the_previous_one_as_it_was(tmp_path):
+    """Exports write into `out/.partial/` and move into place only when complete: SIGKILL in the
+    middle (here: while llama.cpp verifies the new files) leaves the old files and manifest."""
+    out = tmp_path / "gguf"
+    args = ["export", "--model", "tiny:smolvlm", "--format", "gguf", "--out", str(out)]
+    first = CliRunner().invoke(main, [*args, "--quant", "f16"])
+    assert first.exit_code == 0, first.output
+    before = model_files(out)
+    second = subprocess.Popen(
+        [sys.executable, "-m", "casseat_edge.cli", *args, "--quant", "q8_0", "--overwrite"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    staged = out / ".partial" / "model-q8_0.gguf"
+    try:
+        deadline = time.monotonic() + 120
+        while not staged.exists() and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert staged.exists(), "the export never wrote its staged text model"
+    finally:
+        second.kill()
+        second.wait()
+    assert model_files(out) == before
+    assert read_manifest(out, "export")["config"]["quant"] == "f16"
+    # the next export clears the killed one's staging directory and replaces the old files
+    again = CliRunner().invoke(main, [*args, "--quant", "q8_0", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".casseat.lock", "casseat.json", "model-q8_0.gguf", "mmproj-f16.gguf"]
+    )
+
+
+def test_staged_out_dir_publishes_only_a_complete_write(tmp_path):
+    out = tmp_path / "a"
+    with staged_out_dir(out) as stage:
+        (stage / "weights.bin").write_text("one")
+        write_manifest(stage, "export", {"n": 1})
+    assert sorted(p.name for p in out.iterdir()) == ["casseat.json", "weights.bin"]
+    with pytest.raises(RuntimeError), staged_out_dir(out, overwrite=True, kind="export") as stage:
+        (stage / "weights.bin").write_text("two")
+        raise RuntimeError("crashed half way")
+    assert (out / "weights.bin").read_text() == "one" and not (out / ".partial").exists()
+    # a move into place cut short (its marker left) is replaced with --overwrite, not without
+    (out / "casseat.json").unlink()
+    (out / ".swapping").touch()
+    with pytest.raises(CasseatError, match="--overwrite"), staged_out_dir(out, kind="export"):
+        pass
+    with staged_out_dir(out, overwrite=True, kind="export") as stage:
+        write_manifest(stage, "export", {"n": 3})
+    assert sorted(p.name for p in out.iterdir()) == ["casseat.json"]

@@ -266,3 +266,20 @@ def test_override_of_a_missing_step_is_a_data_error() -> None:
     row, _ = build_problem("bar_chart", 0)
     with pytest.raises(DataError, match="overrides"):
         evaluate_trace(row["metadata"]["trace"], {99: 1})
+
+
+def test_shape_counts_by_colour_count_each_kind_then_add(rows: list[dict]) -> None:
+    """A colour's count is never summed in one step: one count per shape kind (a caption group),
+    then their sum, so the trace (and every solution written from it) shows the addition."""
+    seen = 0
+    for row in rows:
+        if row["metadata"]["family"] != "shape_count":
+            continue
+        for step in row["metadata"]["trace"]:
+            if step["op"] == "count":
+                group = f"{step['value']} {step['what'][:-1]}"  # "3 red circle(s)"
+                assert group in row["metadata"]["caption"], (step, row["metadata"]["caption"])
+            if step["op"] == "add":
+                seen += 1
+                assert step["what"].endswith("shapes in all") and len(step["args"]) >= 2
+    assert seen

@@ -86,6 +86,18 @@ def test_wording_varies(bench90) -> None:
         assert phrase in text
 
 
+def test_plain_wording_is_one_phrasing_per_line_kind_and_shorter(bench90) -> None:
+    varied = _run(bench90, error_rate=0.3, eval_error_rate=0.1)
+    plain = _run(bench90, error_rate=0.3, eval_error_rate=0.1, wording="plain")
+    text = "\n".join(o.stage1 + "\n" + o.stage2 for o in plain)
+    assert "From the image, " not in text and "Looking at the image, " not in text
+    assert all(o.stage1.startswith("Step 1: ") for o in plain)  # no opener; steps as reviews say
+    assert {o.stage2.splitlines()[0] for o in plain} == {"Going back over each step:"}
+    for a, b in zip(varied, plain, strict=True):  # the same solutions, errors and verdicts
+        assert a.stats == b.stats
+    assert len(text) < 0.95 * len("\n".join(o.stage1 + "\n" + o.stage2 for o in varied))
+
+
 def test_every_injected_error_makes_stage1_wrong_and_a_faithful_review_fixes_it(bench90) -> None:
     outputs = _run(bench90, error_rate=1.0, eval_error_rate=0.0)
     kinds = Counter()

@@ -101,6 +101,22 @@ def test_loss_mask_token_by_token(synth_dir, spec):
         assert image_id not in dataset.labels[0]
 
 
+def test_learn_stage1_adds_only_right_solutions_under_review(synth_dir):
+    loaded = load_model("tiny:llama")
+    tok = loaded.tokenizer
+    samples = [s for s in load_samples(synth_dir) if s.kind == "eval"]
+    assert {s.stage1_correct for s in samples} == {True, False}  # Accept and Refine reviews
+    plain = SFTDataset(samples, loaded.processor, loaded.arch, 4096)
+    more = SFTDataset(samples, loaded.processor, loaded.arch, 4096, learn_stage1=True)
+    assert more.input_ids == plain.input_ids
+    for sample, before, after in zip(samples, plain.labels, more.labels, strict=True):
+        extra = [t for b, t in zip(before, after, strict=True) if b != t]
+        assert all(b == IGNORE_INDEX for b, t in zip(before, after, strict=True) if b != t)
+        stage1 = sample.messages[1]["content"][0]["text"] + "<|im_end|>"
+        expected = tok(stage1, add_special_tokens=False).input_ids if sample.stage1_correct else []
+        assert extra == expected, sample.id
+
+
 def test_long_sample_is_an_error_naming_it_or_skipped(synth_dir):
     loaded = load_model("tiny:llama")
     samples = load_samples(synth_dir, limit=6)

@@ -142,7 +142,7 @@ def build_shape_count(rng: random.Random, task: str, canvas: Canvas) -> Draft:
     trace = TraceBuilder()
     if task == "count_color":
         color = rng.choice(palette)
-        trace.count(by_color[color], f"{color} shapes")
+        _count_color(trace, items, color)
         question = pick(rng, QUESTIONS[task], c=color)
     elif task == "count_color_shape":
         color, shape = rng.choice(items)
@@ -150,11 +150,21 @@ def build_shape_count(rng: random.Random, task: str, canvas: Canvas) -> Draft:
         question = pick(rng, QUESTIONS[task], c=color, s=shape)
     else:
         more, fewer = _unequal_pair(rng, by_color)
-        a = trace.count(by_color[more], f"{more} shapes")
-        b = trace.count(by_color[fewer], f"{fewer} shapes")
+        a = _count_color(trace, items, more)
+        b = _count_color(trace, items, fewer)
         trace.op("sub", [a, b], f"{more} minus {fewer}")
         question = pick(rng, QUESTIONS[task], a=more, b=fewer)
     return Draft(task, question, _shape_caption(items), trace, "integer")
+
+
+def _count_color(trace: TraceBuilder, items: list[tuple[str, str]], color: str) -> int:
+    """Count one colour's shapes: per shape kind, then their sum when there are several kinds
+    (each count is one group of the caption, so no step adds up in its head)."""
+    groups = [s for s in SHAPES if (color, s) in items]
+    counts = [trace.count(items.count((color, s)), f"{color} {s}s") for s in groups]
+    if len(counts) == 1:
+        return counts[0]
+    return trace.op("add", counts, f"{color} shapes in all")
 
 
 def _unequal_pair(rng: random.Random, by_color: dict[str, int]) -> tuple[str, str]:

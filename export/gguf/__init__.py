@@ -14,11 +14,12 @@ row raises `ParityError` (exit 3) after the artifact is written.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
-from casseat_edge.errors import ModelSpecError, ParityError, UnsupportedArchError
+from casseat_edge.artifacts import sha256_file, write_manifest
+from casseat_edge.errors import ModelSpecError, UnsupportedArchError
 from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
@@ -26,6 +27,7 @@ from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
 from export.gguf.mmproj import MMPROJ_SPECS, mmproj_spec, write_mmproj
 from export.gguf.quantize import GGUF_TYPES, quantize_gguf
 from export.gguf.text import TEXT_FAMILIES, text_source, write_text_gguf
+from export.publish import publish
 
 __all__ = ["GgufExportConfig", "GgufExporter", "export_gguf", "gguf_file_info"]
 
@@ -70,7 +72,14 @@ def _export_gguf(config: GgufExportConfig) -> dict[str, Any]:
         )
     if ref.kind == "hf":
         check_source_files(ref.path, vision=architecture in MMPROJ_SPECS)
-    out = prepare_out_dir(config.out, config.overwrite, kind="export")
+    write = partial(_write_and_verify, ref, architecture, config=config, start=start)
+    return publish(config, "GGUF", write, _describe_failure)
+
+
+def _write_and_verify(
+    ref: Any, architecture: str, out: Path, *, config: GgufExportConfig, start: float
+) -> dict[str, Any]:
+    """Every file and the manifest, into `out` (the staging directory)."""
     loaded = load_model(ref)
     text_path = _write_text(loaded, out, config)
     files = [gguf_file_info(text_path, "text", config.quant)]
@@ -82,7 +91,6 @@ def _export_gguf(config: GgufExportConfig) -> dict[str, Any]:
     parity = _verify(loaded, text_path, mmproj_path, config) if config.verify else []
     failing = [row for row in parity if not row["passed"]]
     summary = {
-        "out": str(out),
         "model": config.model,
         "architecture": architecture,
         "format": "gguf",
@@ -92,15 +100,7 @@ def _export_gguf(config: GgufExportConfig) -> dict[str, Any]:
         "passed": not failing if config.verify else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    write_manifest(
-        out, "export", config.to_dict(), _source_hashes(ref.path),
-        **{k: v for k, v in summary.items() if k != "out"},
-    )  # fmt: skip
-    if failing:
-        raise ParityError(
-            f"{out}: GGUF written but verification failed: "
-            + "; ".join(_describe_failure(row) for row in failing)
-        )
+    write_manifest(out, "export", config.to_dict(), _source_hashes(ref.path), **summary)
     return summary
 
 

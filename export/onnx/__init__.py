@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from casseat_edge.artifacts import prepare_out_dir, sha256_file, write_manifest
-from casseat_edge.errors import ParityError
+from casseat_edge.artifacts import sha256_file, write_manifest
 from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.onnx_split import (
@@ -48,6 +48,7 @@ from export.onnx.quantize import (
     quantize_int8,
     quantize_nbits,
 )
+from export.publish import publish
 
 __all__ = ["OnnxExportConfig", "OnnxExporter", "export_onnx"]
 
@@ -80,7 +81,18 @@ def _export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
     start = time.perf_counter()
     ref = resolve_model(config.model)
     family = family_for(ref.arch.architecture if ref.arch else None)
-    out = prepare_out_dir(config.out, config.overwrite, kind="export")
+    write = partial(_write_and_verify, ref, family, config=config, start=start)
+    return publish(config, "ONNX", write, _describe_failure)
+
+
+def _describe_failure(row: dict[str, Any]) -> str:
+    return f"{row['check']} ({row.get('type')}): {row.get('failures')}"
+
+
+def _write_and_verify(
+    ref: Any, family: Any, out: Path, *, config: OnnxExportConfig, start: float
+) -> dict[str, Any]:
+    """Every file and the manifest, into `out` (the staging directory)."""
     loaded = load_model(ref)
     info = _write_fp32(loaded, family, out, config.opset)
     params = {part: float_params(out / part_file(part, "fp32")) for part in _parts(family)}
@@ -95,7 +107,7 @@ def _export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
                  "transformers_js_dtype": dtypes}  # fmt: skip
     files = _file_rows(out, variants, params)
     summary = {
-        "out": str(out), "model": config.model, "architecture": family.architecture,
+        "model": config.model, "architecture": family.architecture,
         "format": "onnx", "files": files, "variants": _variant_rows(variants, files),
         "parity": [], "verified": config.verify, "passed": None,
     }  # fmt: skip
@@ -105,12 +117,6 @@ def _export_onnx(config: OnnxExportConfig) -> dict[str, Any]:
         summary["passed"] = all(row["passed"] for row in summary["parity"])
     summary["seconds"] = round(time.perf_counter() - start, 2)
     _manifest(out, config, ref.path, summary, onnx_info)
-    failing = [row for row in summary["parity"] if not row["passed"]]
-    if failing:
-        raise ParityError(
-            f"{out}: ONNX written but verification failed: "
-            + "; ".join(f"{r['check']} ({r.get('type')}): {r.get('failures')}" for r in failing)
-        )
     return summary
 
 
@@ -206,9 +212,8 @@ def _verify(loaded: Any, out: Path, config: OnnxExportConfig) -> list[dict[str, 
 
 
 def _manifest(out: Path, config: Any, source: Path, summary: dict, onnx_info: dict) -> None:
-    fields = {k: v for k, v in summary.items() if k != "out"}
     write_manifest(out, "export", config.to_dict(), _source_hashes(source), onnx=onnx_info,
-                   **fields)  # fmt: skip
+                   **summary)  # fmt: skip
 
 
 def _source_hashes(path: Path) -> dict[str, str]:

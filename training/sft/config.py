@@ -60,6 +60,11 @@ class SFTConfig(StageConfig):
         "caption-augmented prompts: vision models read the image's caption after the image "
         "(recorded in the manifest; the runtime then adds it too)",
     )
+    learn_stage1: bool = option(
+        False,
+        "also learn an evaluation sample's stage-1 solution where its label says it is right "
+        "(the loss always covers the review; a wrong solution under review is never learned)",
+    )
     seed: int = option(0, "seed for adapter init, data order and dropout")
     save_steps: int = option(500, "write a checkpoint every this many steps (0: no checkpoints)")
     save_total_limit: int = option(2, "checkpoints kept on disk (oldest deleted)")

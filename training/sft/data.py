@@ -5,7 +5,8 @@ chat template by `casseat_edge.preprocess.encode` (text-only models read the ima
 `captions`, vision models read it too, after the image: `casseat_edge.preprocess.add_caption`). The
 loss covers only the assistant turns to be learned: the reply of a `cot` or `seat` sample, and only
 the final turn (the stage-2 review) of an `eval` sample, whose stage-1 reply may be the wrong
-solution under review. Each turn's span is found exactly: the conversation prefix before the turn
+solution under review (with `learn_stage1`, that reply too where its label says it is right:
+more solutions learned from the same tokens). Each turn's span is found exactly: the conversation prefix before the turn
 (with the generation prompt) and the prefix through the turn are encoded by the same path, and
 their token counts bound the span; its end is the end-of-turn token (`<|im_end|>`), so the model
 learns to stop. A sample longer than `max_length` is never truncated (that would cut image-token
@@ -47,6 +48,7 @@ class Sample:
     messages: list[dict[str, Any]]
     image: Path | None
     caption: str | None
+    stage1_correct: bool = False  # an eval sample whose solution under review is right
 
 
 def samples_file(data: str | Path) -> Path:
@@ -85,7 +87,9 @@ def _sample(row: dict[str, Any], root: Path, where: str) -> Sample:
     if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
         raise DataError(f"{where}: messages: expected a chat ending with an assistant turn")
     image = _image_path(row.get("image"), root, where) if count_images(messages) else None
-    return Sample(str(row["id"]), row["kind"], messages, image, row.get("caption"))
+    label = row.get("label") if isinstance(row.get("label"), dict) else {}
+    right = label.get("stage1_correct") is True
+    return Sample(str(row["id"]), row["kind"], messages, image, row.get("caption"), right)
 
 
 def _image_path(image: Any, root: Path, where: str) -> Path:
@@ -97,11 +101,12 @@ def _image_path(image: Any, root: Path, where: str) -> Path:
     return path
 
 
-def learned_turns(sample: Sample) -> list[int]:
+def learned_turns(sample: Sample, learn_stage1: bool = False) -> list[int]:
     """Indices of the assistant messages the loss covers (see the module docstring)."""
     assistant = [i for i, m in enumerate(sample.messages) if m["role"] == "assistant"]
     if sample.kind == "eval":
-        return assistant[-1:]
+        right = learn_stage1 and sample.stage1_correct and len(assistant) > 1
+        return assistant[:1] + assistant[-1:] if right else assistant[-1:]
     if len(assistant) != 1:
         raise DataError(
             f"sample {sample.id}: a {sample.kind} sample has {len(assistant)} assistant turns; "
@@ -121,8 +126,10 @@ class SFTDataset(torch.utils.data.Dataset):
         max_length: int,
         skip_long: bool = False,
         captions: bool = False,
+        learn_stage1: bool = False,
     ) -> None:
         self.processor, self.arch = processor, arch
+        self.learn_stage1 = learn_stage1
         self.captions = captions and bool(arch.vision)  # text-only models read captions anyway
         self.tokenizer = processor_tokenizer(processor)
         self.samples: list[Sample] = []
@@ -164,7 +171,7 @@ class SFTDataset(torch.utils.data.Dataset):
     def mask(self, sample: Sample, ids: list[int]) -> list[int]:
         """Labels: the ids inside learned assistant spans, IGNORE_INDEX everywhere else."""
         labels = [IGNORE_INDEX] * len(ids)
-        for turn in learned_turns(sample):
+        for turn in learned_turns(sample, self.learn_stage1):
             start, end = self.span(sample, turn, ids)
             labels[start:end] = ids[start:end]
         return labels

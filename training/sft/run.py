@@ -69,6 +69,7 @@ def train(config: SFTConfig, progress: Progress | None = None) -> dict[str, Any]
         config.max_length,
         config.skip_long,
         captions=config.captions,
+        learn_stage1=config.learn_stage1,
     )
     _start_out(out, config, identity)
     recorder = LogRecorder(progress)

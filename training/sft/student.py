@@ -106,6 +106,9 @@ class StudentConfig(StageConfig):
         "batch samples of similar length together: 35% fewer padded tokens, but measured worse "
         "at 250 steps on the scratch student (loss 1.54 vs 0.85; batches of one sample kind)",
     )
+    learn_stage1: bool = option(
+        False, "also learn the right stage-1 solutions inside evaluation samples (see `train`)"
+    )
     overwrite: bool = option(False, "replace an existing --out (and its work directory)")
 
     def __post_init__(self) -> None:
@@ -247,6 +250,7 @@ def phase_config(
         group_by_length=config.group_by_length,
         overwrite=True,
         captions=not warmup,
+        learn_stage1=config.learn_stage1 and not warmup,
     )
 
 

@@ -31,6 +31,11 @@ class SynthConfig(StageConfig):
     eval_error_rate: float = option(
         0.1, "procedural teacher: fraction of stage-2 reviews that are themselves wrong"
     )
+    wording: Literal["varied", "plain"] = option(
+        "varied",
+        "procedural teacher: 'varied' (a random one of several phrasings per line) or 'plain' "
+        "(always the shortest phrasing, no opener: fewer tokens to learn and to generate)",
+    )
     eval_fraction: float = option(0.5, "share of evaluation samples in the CoT + evaluation mix")
     held_out: float = option(0.1, "fraction of problems (by image) kept out of training samples")
     max_new_tokens: int = option(384, "generation budget per stage for model teachers")

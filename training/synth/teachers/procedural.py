@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 from casseat_edge.answers import final_answer_line, is_correct
 from casseat_edge.bench.trace import evaluate_trace, format_answer, format_value
@@ -157,13 +157,14 @@ class ProceduralTeacher(Teacher):
             )
         shown = _inject(truth, rng) if inject else truth
         belief, eval_error = _belief(truth, shown, rng) if eval_wrong else (truth, None)
+        voice = PLAIN if getattr(self.config, "wording", "varied") == "plain" else rng
         stats = {"injected": shown.error.stats() if shown.error else None, "eval_error": eval_error}
         stats.update(stage1_answer=shown.answer, final_answer=belief.answer)
         if mode == "seat":
-            text, stats["verdicts"] = write_seat(shown, belief, rng)
+            text, stats["verdicts"] = write_seat(shown, belief, voice)
             return TeacherOutput(item.pid, mode, seat=text, stats=stats)
-        stage1 = write_solution(shown, rng)
-        stage2, stats["verdict"] = write_review(shown, belief, rng)
+        stage1 = write_solution(shown, voice)
+        stage2, stats["verdict"] = write_review(shown, belief, voice)
         return TeacherOutput(item.pid, mode, stage1=stage1, stage2=stage2, stats=stats)
 
 
@@ -285,15 +286,31 @@ def _is_number(value: Any) -> bool:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def write_solution(version: Version, rng: random.Random) -> str:
+class Voice(Protocol):
+    """Picks one phrasing among variants: a `random.Random` (varied wording) or `PLAIN`."""
+
+    def choice(self, seq: Sequence[str]) -> str: ...
+
+
+class _Plain:
+    """The shortest variant every time (`wording="plain"`): one terse, fixed wording."""
+
+    def choice(self, seq: Sequence[str]) -> str:
+        return min(seq, key=len)
+
+
+PLAIN = _Plain()
+
+
+def write_solution(version: Version, rng: Voice) -> str:
     """Stage 1: an optional opener, one line per step, the final-answer line."""
-    lead = rng.choice(("Step {n}: ", "{n}. "))
+    lead = "Step {n}: " if rng is PLAIN else rng.choice(("Step {n}: ", "{n}. "))
     lines = [_say(rng, OPENERS)]
     lines += [lead.format(n=i + 1) + _step_line(version, i, rng) for i in range(len(version.trace))]
     return _join(lines + [final_line(version)])
 
 
-def write_review(shown: Version, belief: Version, rng: random.Random) -> tuple[str, str]:
+def write_review(shown: Version, belief: Version, rng: Voice) -> tuple[str, str]:
     """Stage 2: re-derive every step of `shown` as the reviewer believes it should go.
     Returns the text and its verdict."""
     lines, fixed = [_say(rng, REVIEW_OPENERS)], False
@@ -312,7 +329,7 @@ def write_review(shown: Version, belief: Version, rng: random.Random) -> tuple[s
     return _join(lines + [f"{VERDICT_PREFIX} {verdict}", final_line(belief)]), verdict
 
 
-def write_seat(shown: Version, belief: Version, rng: random.Random) -> tuple[str, list[str]]:
+def write_seat(shown: Version, belief: Version, rng: Voice) -> tuple[str, list[str]]:
     """SEAT: each step, then a [check] block ending in a verdict; the first wrong step that the
     check catches is refined and redone. Returns the text and its verdicts."""
     lines, verdicts = [], []
@@ -336,21 +353,21 @@ def _first_difference(shown: Version, belief: Version) -> int | None:
     return next((i for i in range(len(shown.trace)) if shown.differs(belief, i)), None)
 
 
-def _step_line(version: Version, i: int, rng: random.Random) -> str:
+def _step_line(version: Version, i: int, rng: Voice) -> str:
     return _cap(_say(rng, STEP_TEMPLATES[_kind(version.ops[i])], _fields(version, i)))
 
 
-def _confirm(version: Version, i: int, rng: random.Random) -> str:
+def _confirm(version: Version, i: int, rng: Voice) -> str:
     kind = version.ops[i] if version.ops[i] in CONFIRM_TEMPLATES else "other"
     return _say(rng, CONFIRM_TEMPLATES[kind], _fields(version, i))
 
 
-def _say(rng: random.Random, variants: str, fields: dict[str, Any] | None = None) -> str:
+def _say(rng: Voice, variants: str, fields: dict[str, Any] | None = None) -> str:
     """One of the "|"-separated variants, with `fields` filled in."""
     return rng.choice([v.strip() for v in variants.split("|")]).format(**(fields or {}))
 
 
-def _fix(shown: Version, belief: Version, i: int, rng: random.Random) -> str:
+def _fix(shown: Version, belief: Version, i: int, rng: Voice) -> str:
     """Why step i of `shown` is wrong and what the reviewer believes it should be."""
     fields, written, op = _fields(belief, i), _fields(shown, i), belief.ops[i]
     fields.update(
