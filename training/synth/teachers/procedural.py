@@ -57,7 +57,7 @@ STEP_TEMPLATES: dict[str, str] = {  # stage-1 step lines
     "compute": "{What}: {core}. | Next, {what}: {core}. | {core} ({what}). | So {what} is {core}.",
     "argbest": "Comparing {pairs}: the {sup} value is {best}, so {w} is {v}. "
     "| The {sup} of these values is {best}, which belongs to {v}. "
-    "| Among {pairs}, {v} has the {sup} value ({best}).",
+    "| Among {pairs}, {v} has the {sup} value ({best}). | Of {pairs}, the {sup} is {best}: {v}.",
     "time": "Hour {h} and {m} minutes make {v}. | {m} minutes after {h}:00 is {v}. "
     "| Putting the hour {h} and the minutes {m} together, the time is {v}.",
     "round": "Rounding {a} to {p} decimal places gives {v}. | To {p} decimal places, {a} is {v}. "
