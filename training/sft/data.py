@@ -5,8 +5,8 @@ chat template by `casseat_edge.preprocess.encode` (text-only models read the ima
 `captions`, vision models read it too, after the image: `casseat_edge.preprocess.add_caption`). The
 loss covers only the assistant turns to be learned: the reply of a `cot` or `seat` sample, and only
 the final turn (the stage-2 review) of an `eval` sample, whose stage-1 reply may be the wrong
-solution under review (with `learn_stage1`, that reply too where its label says it is right:
-more solutions learned from the same tokens). Each turn's span is found exactly: the conversation prefix before the turn
+solution under review (with `learn_stage1`, that reply too where its label says it is right).
+Each turn's span is found exactly: the conversation prefix before the turn
 (with the generation prompt) and the prefix through the turn are encoded by the same path, and
 their token counts bound the span; its end is the end-of-turn token (`<|im_end|>`), so the model
 learns to stop. A sample longer than `max_length` is never truncated (that would cut image-token

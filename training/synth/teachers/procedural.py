@@ -1,7 +1,8 @@
 """The procedural teacher: Cas-SEAT outputs written from a problem's solution trace, no model.
 
 Every synthetic benchmark problem carries `metadata.trace` (see `casseat_edge.bench.trace`). This
-teacher turns the trace into a step-by-step stage-1 solution in varied wording; with probability
+teacher turns the trace into a step-by-step stage-1 solution in varied wording (or, with
+`wording="plain"`, always the shortest phrasing); with probability
 `config.error_rate` it injects one realistic error (misread, off_by_one, arithmetic_slip,
 wrong_operation, wrong_option) and re-executes the trace so everything downstream follows from it.
 The stage-2 review re-derives each step, names the wrong one and ends in `Verdict:` and
