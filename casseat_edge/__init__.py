@@ -2,7 +2,7 @@
 
 The core package: formats, registries, configs, manifests, answers, the synthetic benchmark, model
 specs and the one preprocessing path. Stage packages (`training`, `quantize`, `export`, `runtime`)
-build on it; `casseat_edge.cli` is the `casseat-edge` command.
+build on it; `casseat_cli.cli` is the `casseat-edge` command.
 """
 
 from __future__ import annotations

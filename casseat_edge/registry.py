@@ -3,7 +3,7 @@ teachers, quantization types and exporters.
 
 Entries are registered with a decorator and looked up with `get`; an unknown name raises
 `UnknownNameError` listing what exists. Stage packages register their own entries on import;
-`casseat_edge.cli` imports them so `casseat-edge list ...` shows everything.
+`casseat_cli.cli` imports them so `casseat-edge list ...` shows everything.
 """
 
 from __future__ import annotations

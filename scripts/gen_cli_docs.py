@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from casseat_edge.cli import main  # noqa: E402
+from casseat_cli.cli import main  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

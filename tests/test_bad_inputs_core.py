@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from casseat_cli.cli import main
 from casseat_edge.answers import MAX_PRECISION, extract, is_correct, normalize
 from casseat_edge.bench import BenchConfig
-from casseat_edge.cli import main
 from casseat_edge.config import StageConfig, option
 from casseat_edge.errors import CasseatError, ConfigError, DataError
 from casseat_edge.scoring import score_rows

@@ -12,9 +12,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from casseat_cli.cli import main
 from casseat_edge.artifacts import read_manifest, staged_out_dir, write_manifest
 from casseat_edge.bench import BenchConfig, make_bench
-from casseat_edge.cli import main
 from casseat_edge.errors import CasseatError
 
 
@@ -122,7 +122,7 @@ def test_a_killed_export_leaves_the_previous_one_as_it_was(tmp_path):
     assert first.exit_code == 0, first.output
     before = model_files(out)
     second = subprocess.Popen(
-        [sys.executable, "-m", "casseat_edge.cli", *args, "--quant", "q8_0", "--overwrite"],
+        [sys.executable, "-m", "casseat_cli.cli", *args, "--quant", "q8_0", "--overwrite"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     staged = out / ".partial" / "model-q8_0.gguf"

@@ -30,7 +30,7 @@ TIMEOUT_S = 240
 
 def casseat(*args: str) -> subprocess.CompletedProcess[str]:
     """`casseat-edge ARGS` in a fresh interpreter (this checkout's code)."""
-    code = "from casseat_edge.cli import main; main()"
+    code = "from casseat_cli.cli import main; main()"
     return _python(["-c", code, *args])
 
 

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
+from casseat_cli.cli import main
 from casseat_edge.artifacts import check_out_dir, read_jsonl, sha256_file
 from casseat_edge.bench import BenchConfig, make_bench
-from casseat_edge.cli import main
 from casseat_edge.errors import CasseatError, DataError
 from casseat_edge.models import load_model, resolve_model
 from tests.test_sft import write_short_samples

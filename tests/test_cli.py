@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 
 
 def run(*args: str, code: int = 0):

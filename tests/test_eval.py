@@ -8,9 +8,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from casseat_cli.cli import main
 from casseat_edge.artifacts import read_jsonl
 from casseat_edge.bench import BenchConfig, make_bench
-from casseat_edge.cli import main
 from casseat_edge.errors import ConfigError
 from runtime.evaluate import EvalConfig, derive_cot, evaluate
 from runtime.report import write_report

@@ -151,7 +151,7 @@ def test_hf_dir_without_tokenizer_or_processor_is_refused(tmp_path):
 def test_unmerged_lora_adapter_dir_is_refused(tmp_path):
     from click.testing import CliRunner
 
-    from casseat_edge.cli import main
+    from casseat_cli.cli import main
 
     source = _copy_tiny("llama", tmp_path / "src")
     (source / "model.safetensors").rename(source / "adapter_model.safetensors")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 from casseat_edge.config import load_config
 from casseat_edge.errors import ConfigError, UnsupportedArchError
 from casseat_edge.onnx_split import SplitOnnxModel, mrope_positions

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from casseat_cli.cli import main
 from casseat_edge.bench import BenchConfig, make_bench
-from casseat_edge.cli import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paired_eval.py"
 spec = importlib.util.spec_from_file_location("paired_eval", SCRIPT)

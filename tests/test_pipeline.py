@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from casseat_cli.pipeline import PipelineConfig
+from casseat_cli.pipeline_stages import Context
 from casseat_edge.errors import ConfigError
-from casseat_edge.pipeline import PipelineConfig
-from casseat_edge.pipeline_stages import Context
 
 
 def cli(*args: str, code: int = 0) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "casseat_edge.cli", *args], capture_output=True, text=True
+        [sys.executable, "-m", "casseat_cli.cli", *args], capture_output=True, text=True
     )
     assert result.returncode == code, result.stderr[-3000:]
     return result
@@ -127,7 +127,7 @@ def test_a_stage_stopped_midway_resumes_and_a_changed_one_restarts(tmp_path):
 
 
 def test_ablation_plan_compares_every_student_on_the_headline_artifact(tmp_path):
-    from casseat_edge.pipeline_stages import Artifact, _evaluations, _run_name
+    from casseat_cli.pipeline_stages import Artifact, _evaluations, _run_name
 
     ctx = Context(
         PipelineConfig(out=str(tmp_path), ablation=True), tmp_path, lambda _: None, lambda *_: None
@@ -154,10 +154,10 @@ def test_tokenizer_parity_check_passes_ours_and_catches_another(tmp_path):
     common word as a new token does not."""
     from transformers import AutoTokenizer
 
+    from casseat_cli.pipeline_stages import check_tokenizer_parity
     from casseat_edge.bench import BenchConfig, make_bench
     from casseat_edge.errors import ParityError
     from casseat_edge.models.embedded import embedded_gguf, embedded_tokenizer_dir
-    from casseat_edge.pipeline_stages import check_tokenizer_parity
 
     make_bench(BenchConfig(out=str(tmp_path / "b"), n=6, seed=2))
     problems = tmp_path / "b" / "problems.jsonl"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 from casseat_edge.config import load_config
 from casseat_edge.errors import ConfigError, ModelSpecError
 from casseat_edge.registry import QUANT

@@ -152,7 +152,7 @@ def test_report_renders_in_headless_chromium(problems, tmp_path):
 def test_report_cli(problems, tmp_path):
     from click.testing import CliRunner
 
-    from casseat_edge.cli import main
+    from casseat_cli.cli import main
 
     dirs = [str(d) for d in _write_runs(problems, tmp_path)]
     result = CliRunner().invoke(main, ["report", *dirs, "--out", str(tmp_path / "r"), "--json"])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 from casseat_edge.errors import BackendUnavailableError, DataError, UnknownNameError
 from casseat_edge.preprocess import render_prompt
 from casseat_edge.prompts import POLICIES, PROMPT_HASH, assistant, stage1_messages, stage2_messages

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 from casseat_edge.preprocess import render_prompt
 from casseat_edge.prompts import POLICIES, assistant, stage1_messages, stage2_messages
 from runtime import Cascade

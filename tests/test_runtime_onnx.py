@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 from casseat_edge.config import load_config
 from casseat_edge.errors import BackendUnavailableError, ModelSpecError
 from casseat_edge.prompts import assistant, stage1_messages, stage2_messages

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 from casseat_edge.errors import BackendUnavailableError, ConfigError, DataError, ModelSpecError
 from casseat_edge.models import resolve_model
 from casseat_edge.preprocess import encode, processor_tokenizer, render_prompt

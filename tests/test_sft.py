@@ -277,7 +277,7 @@ def test_resume_without_checkpoint_is_refused(synth_dir, tmp_path):
 def test_train_cli_json_and_errors(synth_dir, tmp_path):
     from click.testing import CliRunner
 
-    from casseat_edge.cli import main
+    from casseat_cli.cli import main
 
     args = ["train", "--data", str(synth_dir), "--model", "tiny:llama", "--out", str(tmp_path / "o"),
             "--max-steps", "1", "--limit", "2", "--save-steps", "0", "--json"]  # fmt: skip

@@ -147,7 +147,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(bench, tmp_path):
     args = [
         sys.executable,
         "-m",
-        "casseat_edge.cli",
+        "casseat_cli.cli",
         "--quiet",
         "synth",
         "--problems",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from casseat_edge.cli import main
+from casseat_cli.cli import main
 
 if __name__ == "__main__":
     main(["train", *sys.argv[1:]], prog_name="casseat-edge")

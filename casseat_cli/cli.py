@@ -653,7 +653,7 @@ def inspect(spec: str, as_json: bool) -> None:
 
 # ---------------------------------------------------------------- pipeline
 def _pipeline_config_class() -> Any:
-    from casseat_edge.pipeline import PipelineConfig
+    from casseat_cli.pipeline import PipelineConfig
 
     return PipelineConfig
 
@@ -676,7 +676,7 @@ def pipeline(ctx: click.Context, config_file: str | None, as_json: bool, **param
 
     Example: casseat-edge pipeline --fast --out runs/fast
     """
-    from casseat_edge.pipeline import PipelineConfig, check_parity, run_pipeline
+    from casseat_cli.pipeline import PipelineConfig, check_parity, run_pipeline
 
     config = load_config(PipelineConfig, config_file, cli_overrides(params))
     quiet = as_json or ctx.obj.get("quiet") or not sys.stderr.isatty()

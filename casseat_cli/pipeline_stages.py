@@ -1,4 +1,4 @@
-"""The stages of `casseat-edge pipeline` (see `casseat_edge.pipeline` for the order and contract).
+"""The stages of `casseat-edge pipeline` (see `casseat_cli.pipeline` for the order and contract).
 
 Each stage calls the stage package's library entry point (`make_bench`, `synthesize`,
 `train_student`, the exporters, `quantize`, `evaluate`, `write_report`) with a config built from
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from casseat_cli.pipeline_config import STUDENTS, Log, PipelineConfig, Progress
 from casseat_edge.artifacts import read_manifest, sha256_file, sha256_json, write_json_atomic
 from casseat_edge.errors import CasseatError, ParityError
-from casseat_edge.pipeline import STUDENTS, Log, PipelineConfig, Progress
 
 STAMPS = ".stamps"
 MAIN_STUDENT = "cas-seat"
