@@ -3,7 +3,8 @@
 - the core (`casseat_edge`) imports no stage package and not the composition root;
 - stage packages (`training`, `quantize`, `export`, `runtime`) import the core, not each other;
 - `casseat_cli` (the CLI and the main job) is the one place that imports them all (a stage's
-  `__main__.py` launcher may call it: `python -m training.sft` is `casseat-edge train`).
+  `__main__.py` launcher may call it: `python -m training.sft` is `casseat-edge train`);
+- libmtmd has one driver, `casseat_edge.formats.mtmd`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,24 @@ def test_a_crossing_is_caught(tmp_path, monkeypatch):
     (package / "late.py").write_text("def f():\n    from runtime.cascade import Cascade\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert _crossings(CORE, set(STAGES)) == ["casseat_edge/late.py:2 imports runtime.cascade"]
+
+
+def test_one_libmtmd_driver():
+    """libmtmd is driven in one place (`casseat_edge.formats.mtmd`): the runtime, the llama.cpp
+    teacher and the GGUF exporter's verification all go through its `LlamaSession`."""
+    users = []
+    for package in (CORE, *STAGES, ROOT_PACKAGE):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                if any(name.startswith("llama_cpp.mtmd_cpp") for name in names):
+                    users.append(str(path.relative_to(ROOT)))
+    assert sorted(set(users)) == ["casseat_edge/formats/mtmd.py"]
 
 
 def test_the_cli_runs_as_a_module():

@@ -206,7 +206,7 @@ def test_negative_n_ctx_is_a_usage_error(smolvlm, bench, tmp_path) -> None:
     assert_one_error_line(result, 2, "--n-ctx")
     code = f"""
         from casseat_edge.errors import ConfigError
-        from casseat_edge.mtmd import LlamaSession
+        from casseat_edge.formats.mtmd import LlamaSession
         try:
             LlamaSession({str(smolvlm[0])!r}, n_ctx=-1, threads=1)
         except ConfigError as exc:
@@ -217,7 +217,7 @@ def test_negative_n_ctx_is_a_usage_error(smolvlm, bench, tmp_path) -> None:
 
 
 def test_n_ctx_is_capped_at_the_trained_context(smolvlm) -> None:
-    from casseat_edge.mtmd import LlamaSession, gguf_context_length
+    from casseat_edge.formats.mtmd import LlamaSession, gguf_context_length
 
     trained = gguf_context_length(smolvlm[0])
     assert trained == 4096  # the export writes llama.context_length (llama.cpp: n_ctx_train)

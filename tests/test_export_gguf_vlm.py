@@ -166,8 +166,7 @@ def test_unmerged_lora_adapter_dir_is_refused(tmp_path):
 def test_image_logits_see_wrong_text_positions_after_an_image(tmp_path, monkeypatch):
     """Text after a Qwen2-VL image sits at position start + max(grid h, w) (M-RoPE); advancing by
     the image's token count instead (plain rope) must fail the image_logits row."""
-    from llama_cpp import mtmd_cpp
-
+    from casseat_edge.formats.mtmd import LlamaSession
     from casseat_edge.models import load_model
     from export.gguf.mmproj import write_mmproj
     from export.gguf.text import text_source, write_text_gguf
@@ -177,13 +176,10 @@ def test_image_logits_see_wrong_text_positions_after_an_image(tmp_path, monkeypa
     text = write_text_gguf(text_source(loaded), tmp_path / "model-f32.gguf", "f32")
     proj = write_mmproj(loaded, tmp_path / "mmproj-f32.gguf", "f32")
     assert verify_image_logits(loaded, text, proj, "f32")["passed"]
-    evaluate = mtmd_cpp.mtmd_helper_eval_chunk_single
 
-    def token_count_positions(ctx, lctx, chunk, n_past, seq, n_batch, last, new_n_past):
-        status = evaluate(ctx, lctx, chunk, n_past, seq, n_batch, last, new_n_past)
-        new_n_past._obj.value = n_past.value + mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
-        return status
+    def token_count_positions(self, index, images=None):  # every slot one position
+        return index
 
-    monkeypatch.setattr(mtmd_cpp, "mtmd_helper_eval_chunk_single", token_count_positions)
+    monkeypatch.setattr(LlamaSession, "position", token_count_positions)
     row = verify_image_logits(loaded, text, proj, "f32")
     assert row["passed"] is False and "rel max abs" in row["failures"][0], row

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from casseat_cli.cli import main
 from casseat_edge.config import load_config
 from casseat_edge.errors import ConfigError, UnsupportedArchError
-from casseat_edge.onnx_split import SplitOnnxModel, mrope_positions
+from casseat_edge.formats.onnx_split import SplitOnnxModel, mrope_positions
 from tests.conftest import has_module
 
 pytestmark = pytest.mark.skipif(not has_module("onnxruntime"), reason="needs onnxruntime")

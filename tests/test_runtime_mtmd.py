@@ -1,4 +1,4 @@
-"""Image GGUFs through our libmtmd driver (`casseat_edge.mtmd`) and the llama.cpp backend/teacher,
+"""Image GGUFs through our libmtmd driver (`casseat_edge.formats.mtmd`) and the llama.cpp backend/teacher,
 on F32 exports of tiny:smolvlm (idefics3 mmproj) and tiny:qwen2vl (qwen2vl_merger, M-RoPE).
 
 Each test takes seconds; the two exports (~10 s each) are made once per session.
@@ -59,8 +59,8 @@ def test_image_prompt_ids_equal_the_hf_processor(model, width, height) -> None:
     libmtmd, which every llama.cpp client (llama-server, Ollama) uses. qwen2vl: the grid HF's
     min/max pixels give. idefics3: libmtmd always tiles, so an image within one tile is HF's
     1x1-grid layout (the tile, then the global image), not the processor's unsplit one."""
+    from casseat_edge.formats.mtmd import LlamaSession
     from casseat_edge.models import load_model
-    from casseat_edge.mtmd import LlamaSession
 
     text_gguf, mmproj = exported_gguf(model)
     loaded = load_model(model)
@@ -171,7 +171,7 @@ def test_snapshot_restore_gives_an_identical_continuation(engine) -> None:
 
 
 def test_clear_errors(engine, smolvlm_gguf, tmp_path) -> None:
-    from casseat_edge.mtmd import LlamaSession
+    from casseat_edge.formats.mtmd import LlamaSession
 
     text_gguf, _ = smolvlm_gguf
     bad = tmp_path / "mmproj-bad.gguf"

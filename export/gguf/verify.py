@@ -23,14 +23,14 @@ Rows, each with `passed`:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from casseat_edge.errors import CasseatError
+from casseat_edge.formats.mtmd import LlamaSession
 from casseat_edge.parity import logit_parity
 from export.gguf.quantize import GGUF_TYPES
 
@@ -138,7 +138,39 @@ def generate_row(llm: Any, tokenizer: Any, n: int = 8) -> dict[str, Any]:
             "passed": count > 0}  # fmt: skip
 
 
-# ---- vision through libmtmd
+# ---- vision, through our libmtmd driver (the runtime's `LlamaSession`)
+@contextlib.contextmanager
+def mtmd_session(
+    text_gguf: str | Path,
+    mmproj: str | Path,
+    threads: int = 0,
+    settings: dict[str, int] | None = None,
+) -> Iterator[LlamaSession]:
+    """The runtime's llama.cpp + libmtmd session on an export, closed on exit; `settings`:
+    libmtmd context fields such as image_min_tokens / image_max_tokens."""
+    session = LlamaSession(
+        text_gguf, mmproj, n_ctx=1024, threads=threads or None, mmproj_settings=settings
+    )
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def image_prompt_logits(
+    session: LlamaSession, image: np.ndarray, all_logits: bool = False
+) -> tuple[np.ndarray, int]:
+    """VISION_PROMPT with one RGB image, from an empty cache: the last position's logits (or with
+    `all_logits` those of every text position after the image) and the image's token count."""
+    from PIL import Image
+
+    text = VISION_PROMPT.format(marker=session.marker)
+    prompt = session.tokenize_prompt(text, [Image.fromarray(image)])
+    session.truncate(0)
+    logits = session.eval(prompt.ids, 0, prompt.images, all_logits=all_logits)
+    return logits.astype(np.float64), sum(span.n_tokens for span in prompt.images)
+
+
 def verify_vision(
     text_gguf: str | Path,
     mmproj: str | Path,
@@ -149,13 +181,12 @@ def verify_vision(
     """Encode two different images with libmtmd into the same prompt; the logits must differ."""
     noise = np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3), np.uint8)
     images = [noise, np.full_like(noise, 250)]
-    with llama_model(text_gguf, threads=threads) as llm, _quiet():
-        try:
-            with mtmd_context(llm, mmproj, settings or {}) as ctx:
-                results = [mtmd_logits(ctx, llm, _png(image)) for image in images]
-        except RuntimeError as exc:
-            return [{"check": "vision", "passed": False, "error": str(exc)}]
-    diff = float(np.abs(results[0][0][-1] - results[1][0][-1]).max())
+    try:
+        with mtmd_session(text_gguf, mmproj, threads, settings) as session:
+            results = [image_prompt_logits(session, image) for image in images]
+    except CasseatError as exc:
+        return [{"check": "vision", "passed": False, "error": str(exc)}]
+    diff = float(np.abs(results[0][0] - results[1][0]).max())
     image_tokens = results[0][1]
     return [{
         "check": "vision", "file": Path(mmproj).name, "image_tokens": image_tokens,
@@ -181,93 +212,11 @@ def verify_image_logits(
     inputs = loaded.processor(text=[text], images=[Image.fromarray(image)], return_tensors="pt")
     with torch.no_grad():
         ref = loaded.model(**inputs).logits[0].double().numpy()
-    with (
-        llama_model(text_gguf, threads=threads) as llm,
-        _quiet(),
-        mtmd_context(llm, mmproj, settings) as ctx,
-    ):
-        got, _ = mtmd_logits(ctx, llm, _png(image))
+    with mtmd_session(text_gguf, mmproj, threads, settings) as session:
+        got, _ = image_prompt_logits(session, image, all_logits=True)
     tail = len(got)  # the text after the image: its positions depend on the image
     row = logits_row(ref[-tail:], got, quant, Path(text_gguf).name)
     return {**row, "check": "image_logits", "mmproj": Path(mmproj).name, "image": f"{side}x{side}"}
-
-
-@contextlib.contextmanager
-def mtmd_context(llm: Any, mmproj: str | Path, settings: dict[str, int]) -> Iterator[Any]:
-    """A libmtmd context for `llm` (CPU, no warmup); `settings`: mtmd_context_params fields such
-    as image_min_tokens / image_max_tokens."""
-    from llama_cpp import mtmd_cpp
-
-    params = mtmd_cpp.mtmd_context_params_default()
-    params.use_gpu, params.print_timings, params.warmup = False, False, False
-    for key, value in settings.items():
-        setattr(params, key, value)
-    ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
-    if not ctx:
-        raise RuntimeError(f"libmtmd could not load {Path(mmproj).name}")
-    try:
-        yield ctx
-    finally:
-        mtmd_cpp.mtmd_free(ctx)
-
-
-def _quiet():
-    """libmtmd logs every image it encodes to stderr; keep stderr for our own messages."""
-    from llama_cpp._utils import suppress_stdout_stderr
-
-    return suppress_stdout_stderr(disable=False)
-
-
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def mtmd_logits(ctx: Any, llm: Any, image: bytes) -> tuple[np.ndarray, int]:
-    """Run VISION_PROMPT with one image through libmtmd; (logits of the last text chunk's
-    positions [tokens, vocab], image tokens)."""
-    import llama_cpp
-    from llama_cpp import mtmd_cpp
-
-    buf = (ctypes.c_uint8 * len(image)).from_buffer(bytearray(image))
-    bitmap = mtmd_cpp.mtmd_helper_bitmap_init_from_buf(ctx, buf, len(image), False)
-    text = VISION_PROMPT.format(marker=mtmd_cpp.mtmd_default_marker().decode()).encode()
-    inp = mtmd_cpp.mtmd_input_text()
-    inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), False, True
-    chunks = mtmd_cpp.mtmd_input_chunks_init()
-    image_tokens = 0
-    try:
-        bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
-        if mtmd_cpp.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), bitmaps, 1) != 0:
-            raise RuntimeError("libmtmd could not tokenize the image prompt")
-        llm.reset()
-        llm._ctx.kv_cache_clear()
-        start = 0
-        for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
-            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                count = ctypes.c_size_t()
-                ptr = mtmd_cpp.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(count))
-                start = llm.n_tokens
-                llm.eval([ptr[j] for j in range(count.value)])
-                continue
-            image_tokens += mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
-            n_past = llama_cpp.llama_pos(0)
-            status = mtmd_cpp.mtmd_helper_eval_chunk_single(
-                ctx, llm._ctx.ctx, chunk, llama_cpp.llama_pos(llm.n_tokens),
-                llama_cpp.llama_seq_id(0), llm.n_batch, False, ctypes.byref(n_past),
-            )  # fmt: skip
-            if status != 0:
-                raise RuntimeError(f"libmtmd could not evaluate the image (status {status})")
-            # the next position, which M-RoPE images advance by max(grid h, w), not by tokens
-            llm.n_tokens = n_past.value
-        return np.array(llm.scores[start : llm.n_tokens], dtype=np.float64), image_tokens
-    finally:
-        mtmd_cpp.mtmd_input_chunks_free(chunks)
-        mtmd_cpp.mtmd_bitmap_free(bitmap)
 
 
 def verify_image_embeddings(
@@ -282,9 +231,10 @@ def verify_image_embeddings(
     side, settings = spec.parity_image(loaded.model, loaded.processor)
     image = np.random.default_rng(1).integers(0, 256, (side, side, 3), np.uint8)
     ref = spec.reference_embeddings(loaded.model, loaded.processor, Image.fromarray(image))
-    with llama_model(text_gguf, threads=threads) as llm, _quiet():
-        chunks = mtmd_image_embeddings(llm, mmproj, image, settings)
-    got = chunks[-1]
+    with mtmd_session(text_gguf, mmproj, threads, settings) as session:
+        prompt = session.tokenize_prompt(session.marker, [Image.fromarray(image)])
+        chunks = session.image_embeddings(prompt)
+    got = chunks[-1].astype(np.float64)
     rel_bound, cos_bound = IMAGE_EMBEDDING_BOUNDS[mmproj_quant]
     row: dict[str, Any] = {
         "check": "image_embeddings", "file": Path(mmproj).name, "type": mmproj_quant,
@@ -304,42 +254,3 @@ def verify_image_embeddings(
     return {**row, "max_abs": float(f"{np.abs(got - ref).max():.3g}"),
             "rel_max_abs": float(f"{rel:.3g}"), "min_cosine": round(cosine, 6),
             "failures": failures, "passed": not failures}  # fmt: skip
-
-
-def mtmd_image_embeddings(
-    llm: Any, mmproj: str | Path, image: np.ndarray, settings: dict[str, int]
-) -> list[np.ndarray]:
-    """Encode one RGB image with libmtmd; the [tokens, dim] embeddings of each image chunk (tiles
-    and overview, in prompt order)."""
-    with mtmd_context(llm, mmproj, settings) as ctx:
-        return _encode_chunks(ctx, llm, image)
-
-
-def _encode_chunks(ctx: Any, llm: Any, image: np.ndarray) -> list[np.ndarray]:
-    from llama_cpp import mtmd_cpp
-
-    pixels = np.ascontiguousarray(image, dtype=np.uint8)
-    data = pixels.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte))
-    bitmap = mtmd_cpp.mtmd_bitmap_init(pixels.shape[1], pixels.shape[0], data)
-    text = mtmd_cpp.mtmd_default_marker()
-    inp = mtmd_cpp.mtmd_input_text()
-    inp.text, inp.text_len, inp.add_special, inp.parse_special = text, len(text), False, True
-    chunks = mtmd_cpp.mtmd_input_chunks_init()
-    try:
-        bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)
-        if mtmd_cpp.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), bitmaps, 1) != 0:
-            raise RuntimeError("libmtmd could not tokenize the image")
-        out = []
-        for i in range(mtmd_cpp.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd_cpp.mtmd_input_chunks_get(chunks, i)
-            if mtmd_cpp.mtmd_input_chunk_get_type(chunk) == mtmd_cpp.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                continue
-            if mtmd_cpp.mtmd_encode_chunk(ctx, chunk) != 0:
-                raise RuntimeError("libmtmd could not encode the image")
-            n = mtmd_cpp.mtmd_input_chunk_get_n_tokens(chunk)
-            embd = mtmd_cpp.mtmd_get_output_embd(ctx)
-            out.append(np.ctypeslib.as_array(embd, shape=(n * llm.n_embd(),)).reshape(n, -1).copy())
-        return out
-    finally:
-        mtmd_cpp.mtmd_input_chunks_free(chunks)
-        mtmd_cpp.mtmd_bitmap_free(bitmap)

@@ -1,6 +1,6 @@
 """ONNX export in the layout onnx-community / transformers.js use, verified in onnxruntime.
 
-Writes, into an export directory (layout: `casseat_edge.onnx_split`): for text-only models the
+Writes, into an export directory (layout: `casseat_edge.formats.onnx_split`): for text-only models the
 merged `onnx/model.onnx`, for VLMs `onnx/vision_encoder.onnx`, `onnx/embed_tokens.onnx` and
 `onnx/decoder_model_merged.onnx`; the quantized variants asked for under transformers.js' dtype
 suffixes (decoder or merged model `_int8` / `_q4`: onnxruntime's MatMulNBits 8 / 4 bits; vision
@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from casseat_edge.artifacts import sha256_file, write_manifest
-from casseat_edge.locks import DirectoryLock
-from casseat_edge.models import load_model, resolve_model
-from casseat_edge.onnx_split import (
+from casseat_edge.formats.onnx_split import (
     DECODER,
     DECODERS,
     EMBED,
@@ -38,6 +36,8 @@ from casseat_edge.onnx_split import (
     part_file,
     parts_for,
 )
+from casseat_edge.locks import DirectoryLock
+from casseat_edge.models import load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.onnx.config import ONNX_QUANTS, OnnxExportConfig
 from export.onnx.graphs import FAMILIES, export_decoder, export_embed, export_vision, family_for

@@ -255,7 +255,7 @@ def export_vision(model: Any, family: OnnxFamily, path: Path, opset: int) -> Non
         grid = torch.tensor([[1, 2, 4]])  # not the verified image's grid: shapes stay dynamic
         size = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
         n = int(grid.prod())
-        from casseat_edge.onnx_split import qwen2vl_vision_inputs
+        from casseat_edge.formats.onnx_split import qwen2vl_vision_inputs
 
         extra = qwen2vl_vision_inputs(grid.numpy(), vision.spatial_merge_size)
         args = (torch.randn(n, size), *(torch.from_numpy(v) for v in extra.values()))

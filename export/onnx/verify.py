@@ -1,6 +1,6 @@
 """Verification of a split ONNX export against the PyTorch model it came from (on by default).
 
-Every variant is loaded in onnxruntime through `casseat_edge.onnx_split.SplitOnnxModel` (the
+Every variant is loaded in onnxruntime through `casseat_edge.formats.onnx_split.SplitOnnxModel` (the
 runner the onnxruntime backend serves with) and compared on the same token ids. transformers.js
 loading the same files and generating the same tokens is tested in tests/test_transformersjs.py. Rows, each with
 `passed`, bounds from `quantize.ONNX_TYPES`:
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from casseat_edge.onnx_split import VISION, SplitOnnxModel
+from casseat_edge.formats.onnx_split import VISION, SplitOnnxModel
 from casseat_edge.parity import logit_parity
 from casseat_edge.preprocess import encode, user_messages
 from casseat_edge.prompts import assistant

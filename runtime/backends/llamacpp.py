@@ -1,6 +1,6 @@
 """The llama.cpp backend: any GGUF (the embedded SmolLM2, a `.gguf` path), with its mmproj.
 
-Driven through our own driver (`casseat_edge.mtmd.LlamaSession`), not llama-cpp-python's chat
+Driven through our own driver (`casseat_edge.formats.mtmd.LlamaSession`), not llama-cpp-python's chat
 handlers, which clear the cache on every call: stage 2 continues from the KV state stage 1 left,
 so only the stage-2 turn's own tokens are evaluated. Prompts are rendered through the one
 preprocessing path with the GGUF's own chat template. With an mmproj next to the GGUF (vision
@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import DataError, ModelSpecError
+from casseat_edge.formats.mtmd import EXTRA, LlamaSession
 from casseat_edge.models import ModelRef, resolve_model
 from casseat_edge.models.tokenizer import GgufChatTemplate
-from casseat_edge.mtmd import EXTRA, LlamaSession
 from casseat_edge.registry import ARCHS, BACKENDS
 from runtime.backends.base import Encoded, Engine
 

@@ -7,7 +7,7 @@ picks one, default the first exported). Prompts go through the one preprocessing
 exported processor files. Text-only models run the merged `model` graph on token ids; for VLMs the
 images become the processor's pixel tensors, run through `vision_encoder` and scattered into the
 image-token positions of `embed_tokens`' output before `decoder_model_merged`, as
-`casseat_edge.onnx_split.SplitOnnxModel` does for the exporter's verification. The past
+`casseat_edge.formats.onnx_split.SplitOnnxModel` does for the exporter's verification. The past
 key/values are numpy arrays: stage 2 continues from stage 1's, truncation slices them.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import ModelSpecError
+from casseat_edge.formats.onnx_split import SplitOnnxModel
 from casseat_edge.models import ModelRef, resolve_model
-from casseat_edge.onnx_split import SplitOnnxModel
 from casseat_edge.preprocess import encode, processor_tokenizer
 from casseat_edge.registry import BACKENDS
 from runtime.backends.base import Encoded, Engine, HfTokenizerHooks

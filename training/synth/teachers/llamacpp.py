@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import DataError, ModelSpecError
+from casseat_edge.formats.mtmd import LlamaSession, Prompt
 from casseat_edge.models import embedded_gguf, find_mmproj
 from casseat_edge.models.tokenizer import GgufChatTemplate
-from casseat_edge.mtmd import LlamaSession, Prompt
 from casseat_edge.preprocess import load_image, to_text_only
 from casseat_edge.registry import ARCHS, TEACHERS
 from training.synth.teachers.base import ChatTeacher, Generation, SynthItem

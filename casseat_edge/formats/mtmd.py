@@ -127,7 +127,11 @@ class LlamaSession:
         n_batch: int = 512,
         threads: int | None = None,
         seed: int = 0,
+        mmproj_settings: dict[str, int] | None = None,
     ) -> None:
+        """`mmproj_settings`: libmtmd context fields set over our defaults (e.g.
+        `image_min_tokens` / `image_max_tokens`, which otherwise follow the exporter's pixel
+        bounds), for checks that need an image kept at its own size."""
         threads = check_threads(threads)
         if n_ctx < 1 or n_batch < 1:
             raise ConfigError(f"n_ctx and n_batch: must be >= 1 (found {n_ctx} and {n_batch})")
@@ -172,7 +176,7 @@ class LlamaSession:
         self._mtmd: Any = None
         if self.mmproj is not None:
             try:
-                self._open_mmproj(meta, threads)
+                self._open_mmproj(meta, threads, mmproj_settings or {})
             except Exception:
                 self.close()  # free the text model now, not at interpreter teardown
                 raise
@@ -182,7 +186,7 @@ class LlamaSession:
         self._encode_s = 0.0
 
     # ---- loading
-    def _open_mmproj(self, meta: dict[str, Any], threads: int) -> None:
+    def _open_mmproj(self, meta: dict[str, Any], threads: int, settings: dict[str, int]) -> None:
         from llama_cpp import mtmd_cpp
 
         self._mtmd_cpp = mtmd_cpp
@@ -193,6 +197,10 @@ class LlamaSession:
         params.print_timings = False
         params.n_threads = threads
         params.image_min_tokens, params.image_max_tokens = _token_limits(meta)
+        for key, value in settings.items():
+            if key.startswith("_") or not hasattr(params, key):
+                raise ConfigError(f"mmproj_settings: libmtmd has no context field {key!r}")
+            setattr(params, key, value)
         from llama_cpp._utils import suppress_stdout_stderr
 
         with suppress_stdout_stderr(disable=False):  # load-time notes; failures are raised below
@@ -387,8 +395,15 @@ class LlamaSession:
                 return span.start  # same placeholder ids, different pixels
         return count
 
-    def eval(self, ids: list[int], start: int, images: list[ImageSpan] | None = None) -> np.ndarray:
-        """Evaluate ids[start:] on a cache holding ids[:start]; the last position's logits.
+    def eval(
+        self,
+        ids: list[int],
+        start: int,
+        images: list[ImageSpan] | None = None,
+        all_logits: bool = False,
+    ) -> np.ndarray:
+        """Evaluate ids[start:] on a cache holding ids[:start]; the last position's logits, or with
+        `all_logits` those of every position of the text after the last image, [n, vocab].
 
         `images` are the prompt's image spans (None: the cache's own, for text after them)."""
         self._check_open()
@@ -409,8 +424,8 @@ class LlamaSession:
             self._decode_text(ids[cursor : span.start], logits_last=False)
             self._decode_image(span)
             cursor = span.end
-        self._decode_text(ids[cursor:], logits_last=True)
-        return self.logits()
+        rows = self._decode_text(ids[cursor:], logits_last=True, logits_all=all_logits)
+        return np.stack(rows) if all_logits else self.logits()
 
     def step(self, token: int) -> np.ndarray:
         """Evaluate one token after the cache; its logits."""
@@ -423,8 +438,12 @@ class LlamaSession:
         pointer = self._cpp.llama_get_logits_ith(self._ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
 
-    def _decode_text(self, ids: list[int], logits_last: bool) -> None:
+    def _decode_text(
+        self, ids: list[int], logits_last: bool, logits_all: bool = False
+    ) -> list[np.ndarray]:
+        """Decode text tokens after the cache; with `logits_all`, every position's logits."""
         batch = self._batch
+        rows: list[np.ndarray] = []
         for offset in range(0, len(ids), self.n_batch):
             part = ids[offset : offset + self.n_batch]
             first = self.position(len(self.ids))
@@ -433,7 +452,7 @@ class LlamaSession:
                 batch.pos[j] = first + j
                 batch.n_seq_id[j] = 1
                 batch.seq_id[j][0] = SEQ
-                batch.logits[j] = False
+                batch.logits[j] = logits_all
             batch.n_tokens = len(part)
             if logits_last and offset + len(part) == len(ids):
                 batch.logits[len(part) - 1] = True
@@ -444,6 +463,10 @@ class LlamaSession:
                     f"(status {status}); the context of {self.n_ctx} may be full"
                 )
             self.ids += part
+            for j in range(len(part) if logits_all else 0):
+                pointer = self._cpp.llama_get_logits_ith(self._ctx, j)
+                rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
+        return rows
 
     def _decode_image(self, span: ImageSpan) -> None:
         cpp = self._mtmd_cpp
@@ -463,6 +486,12 @@ class LlamaSession:
         assert new_pos.value == first + span.n_pos, (new_pos.value, first, span.n_pos)
         self.ids += [self.image_token] * span.n_tokens
         self.images.append(span)
+
+    def image_embeddings(self, prompt: Prompt) -> list[np.ndarray]:
+        """The vision encoder's output for each image chunk of `prompt` (Idefics3: grid tiles,
+        then the overview image; in prompt order), [tokens, n_embd] each; the cache is untouched."""
+        self._check_open()
+        return [self._embedding(span) for span in prompt.images]
 
     def _embedding(self, span: ImageSpan) -> np.ndarray:
         """The image's embeddings, kept on the span: a conversation encodes its image once."""
