@@ -314,8 +314,9 @@ def _export_config_classes() -> tuple[Any, ...]:
     """Each exporter's config class; the command's flags are the union of their fields."""
     from export.gguf import GgufExportConfig
     from export.onnx import OnnxExportConfig
+    from quantize.config import QuantizeConfig
 
-    return GgufExportConfig, OnnxExportConfig
+    return GgufExportConfig, OnnxExportConfig, QuantizeConfig
 
 
 def _export_options(func: Callable) -> Callable:
@@ -339,9 +340,11 @@ def _single_quant(config_class: Any, overrides: dict[str, Any], fmt: str) -> dic
     """Formats whose `quant` is one value take exactly one --quant."""
     from casseat_edge.errors import ConfigError
 
-    field = config_class.__dataclass_fields__["quant"]
     quant = overrides.get("quant")
-    if quant is None or not isinstance(field.default, str):
+    field = config_class.__dataclass_fields__.get("quant")
+    if field is None and quant:
+        raise ConfigError(f"--format {fmt} takes --method, not --quant")
+    if quant is None or field is None or not isinstance(field.default, str):
         return overrides
     if len(quant) != 1:
         raise ConfigError(f"--format {fmt} takes one --quant, got {', '.join(quant)}")
@@ -349,7 +352,9 @@ def _single_quant(config_class: Any, overrides: dict[str, Any], fmt: str) -> dic
 
 
 @main.command()
-@click.option("--format", "fmt", default="gguf", show_default=True, help="Exporter: gguf | onnx.")
+@click.option(
+    "--format", "fmt", default="gguf", show_default=True, help="Exporter: gguf | onnx | bnb."
+)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
 @_export_options
 @json_option
@@ -357,7 +362,8 @@ def export(fmt: str, config_file: str | None, as_json: bool, **params: Any) -> N
     """Export a model for an edge runtime and verify it against PyTorch (exit 3 if parity fails,
     after the files are written). GGUF: text model + mmproj for VLMs, llama.cpp quant types.
     ONNX: transformers.js' layout (text: model.onnx; VLM: vision_encoder / embed_tokens /
-    decoder_model_merged), fp32|int8|int4 (files _int8, _q4).
+    decoder_model_merged), fp32|int8|int4 (files _int8, _q4). bnb: a bitsandbytes checkpoint
+    for the torch backend, --method bnb-int8|bnb-nf4 (the same as `casseat-edge quantize`).
     Flags of one format only (e.g. --mmproj-quant, --opset) are errors with the other.
 
     Example: casseat-edge export --model tiny:smolvlm --format onnx --out onnx --quant fp32,int4
@@ -373,10 +379,14 @@ def export(fmt: str, config_file: str | None, as_json: bool, **params: Any) -> N
 
 def _render_export(s: dict[str, Any]) -> str:
     lines = [f"{s['format']} export of {s['model']} -> {s['out']} ({s['seconds']} s)"]
-    lines += [
-        f"  {f['file']:<28} {f['size_mb']:>9.2f} MB  {f['bits_per_weight']:>6.2f} bits/weight"
-        for f in s["files"]
-    ]
+    for f in s["files"]:
+        bits = f.get("bits_per_weight")
+        lines.append(
+            f"  {f['file']:<28} {f['size_mb']:>9.2f} MB"
+            + (f"  {bits:>6.2f} bits/weight" if bits is not None else "")
+        )
+    if s.get("method"):  # bitsandbytes: bits over the quantized linear weights
+        lines.append(f"  {s['method']}: {s['bits_per_weight']} bits/weight over linear layers")
     lines += [
         f"  variant {v['quant']:<6} {v['size_mb']:>9.2f} MB  {v['bits_per_weight']:>6.2f} bits/weight"
         for v in s.get("variants", [])
@@ -536,7 +546,7 @@ def quantize_command(config_file: str | None, as_json: bool, **params: Any) -> N
 
 
 def _render_quantize(s: dict[str, Any]) -> str:
-    p = s["parity"]
+    p = s["parity"][0]
     return "\n".join(
         [
             f"{s['method']} of {s['model']} -> {s['out']} ({s['seconds']} s): {s['size_mb']} MB, "

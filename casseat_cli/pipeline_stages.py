@@ -222,7 +222,6 @@ def export_stage(ctx: Context) -> dict[str, Any]:
 
 def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any]:
     from casseat_edge.registry import EXPORTERS
-    from quantize import QuantizeConfig, quantize
 
     student = ctx.students[name]
     weights = {"student": _weights_hash(student)}
@@ -232,11 +231,11 @@ def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any
     result: dict[str, Any] = {}
     if ("torch", "fp32") in wanted:
         ctx.artifacts.append(Artifact(name, "torch", "fp32", str(student), student))
-    gguf = EXPORTERS.get("gguf")
+    gguf, bnb = EXPORTERS.get("gguf"), EXPORTERS.get("bnb")
     for quant in (q for b, q in sorted(wanted) if b == "llama.cpp"):
         path, key = root / f"gguf-{quant}", f"{prefix}gguf-{quant}"
         cfg = gguf.config_class(model=str(student), out=str(path), quant=quant, overwrite=True)
-        summary = _export(ctx, key, path, cfg, weights, lambda c: gguf.export(c))
+        summary = _export(ctx, key, path, cfg, weights, gguf.export)
         text = next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
         ctx.artifacts.append(Artifact(name, "llama.cpp", quant, str(path / text), path))
         result[key] = _export_rows(key, summary)
@@ -246,14 +245,14 @@ def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any
         cfg = onnx.config_class(
             model=str(student), out=str(path), quant=onnx_quants, overwrite=True
         )
-        summary = _export(ctx, key, path, cfg, weights, lambda c: onnx.export(c))
+        summary = _export(ctx, key, path, cfg, weights, onnx.export)
         for quant in onnx_quants:
             ctx.artifacts.append(Artifact(name, "onnxruntime", quant, str(path), path))
         result[key] = _export_rows(key, summary)
     for method in (q for b, q in sorted(wanted) if b == "torch" and q != "fp32"):
         path, key = root / method, f"{prefix}{method}"
-        cfg = QuantizeConfig(model=str(student), method=method, out=str(path), overwrite=True)
-        summary = _export(ctx, key, path, cfg, weights, quantize)
+        cfg = bnb.config_class(model=str(student), method=method, out=str(path), overwrite=True)
+        summary = _export(ctx, key, path, cfg, weights, bnb.export)
         ctx.artifacts.append(Artifact(name, "torch", method, str(path), path))
         result[key] = _export_rows(key, summary)
     return result
@@ -283,8 +282,6 @@ def _export(
 def _export_rows(key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per deployable variant: size, bits/weight, logit parity, verified or not."""
     checks = summary.get("parity") or []
-    if isinstance(checks, dict):  # bitsandbytes: one next-token parity record
-        checks = [{"check": "logits", **checks}]
     if summary.get("variants"):  # ONNX: several variants in one directory
         parts = [(f"{key}-{v['quant']}", v["quant"], v["size_mb"], v["bits_per_weight"])
                  for v in summary["variants"]]  # fmt: skip
@@ -293,7 +290,9 @@ def _export_rows(key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
         size = sum(f["size_mb"] for f in summary["files"])
         parts = [(key, text["type"], size, text["bits_per_weight"])]
     else:
-        parts = [(key, None, summary.get("size_mb"), summary.get("bits_per_weight"))]
+        parts = [
+            (key, summary.get("method"), summary.get("size_mb"), summary.get("bits_per_weight"))
+        ]
     rows = []
     for name, quant, size, bits in parts:
         own = [c for c in checks if c.get("type") in (None, quant)]

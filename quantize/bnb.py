@@ -3,6 +3,8 @@
 Each method is a `QUANT` registry entry: its `BitsAndBytesConfig` and its parity tolerances.
 `quantize_bnb` loads the fp32 source, quantizes on load (`device_map="cpu"` on CPU machines),
 saves safetensors plus the processor, then compares next-token logits on `PARITY_PROMPTS`.
+`BnbExporter` is its `EXPORTERS` entry ("bnb"): the same contract and write path as GGUF and
+ONNX (`casseat_edge.exporting`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from casseat_edge.artifacts import (
     dir_size,
     sha256_file,
     sha256_json,
-    staged_out_dir,
     write_manifest,
 )
-from casseat_edge.errors import BackendUnavailableError, ConfigError, ParityError
+from casseat_edge.errors import BackendUnavailableError, ConfigError
+from casseat_edge.exporting import Exporter, publish
 from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import LoadedModel, ModelRef, load_model, resolve_model
-from casseat_edge.registry import QUANT
+from casseat_edge.registry import EXPORTERS, QUANT
 from quantize.config import QuantizeConfig
 
 PARITY_PROMPTS = (
@@ -102,32 +104,57 @@ def _quantize_bnb(config: QuantizeConfig) -> dict[str, Any]:
     source = load_model(ref)  # also rejects GGUF/export artifacts
     if getattr(source.model.config, "quantization_config", None) is not None:
         raise ConfigError(f"{config.model} is already quantized; pass its float source model")
-    out = Path(config.out)
-    with staged_out_dir(out, config.overwrite, kind="model") as stage:
+
+    def write(stage: Path) -> dict[str, Any]:
         model = _load_quantized(ref, source, method)
         model.save_pretrained(stage, safe_serialization=True)
         source.processor.save_pretrained(stage)
         linear_bytes, linear_params = _quantized_linear_bytes(model)
         parity = _parity(source, model, method)
+        files = [{"file": p.name, "bytes": p.stat().st_size,
+                  "size_mb": round(p.stat().st_size / 1e6, 3)}
+                 for p in sorted(stage.iterdir())]  # fmt: skip
         summary = {
+            "format": "bnb",
             "model": config.model,
             "method": method.name,
-            "out": str(out),
-            "files": [{"file": p.name, "bytes": p.stat().st_size} for p in sorted(stage.iterdir())],
+            "out": str(config.out),
+            "files": files,
             "size_mb": round(dir_size(stage) / 1e6, 3),
             "quantized_params": linear_params,
             "bits_per_weight": round(8 * linear_bytes / linear_params, 3),
-            "parity": parity,
+            "parity": [parity],
+            "verified": True,
+            "passed": parity["passed"],
             "seconds": round(time.time() - start, 1),
         }
         inputs = {"model": config.model, "source_sha256": _source_hash(ref.path)}
         write_manifest(stage, "model", config.to_dict(), inputs, **summary)
-    if not parity["passed"]:
-        raise ParityError(
-            f"{method.name} parity failed vs fp32: top1 {parity['top1']} (min {method.top1_min}), "
-            f"KL {parity['kl']} (max {method.kl_max}); checkpoint written to {out}"
-        )
-    return summary
+        return summary
+
+    return publish(config, method.name, write, _describe_failure, kind="model")
+
+
+def _describe_failure(row: dict[str, Any]) -> str:
+    return (
+        f"parity vs fp32: top1 {row['top1']} (min {row['top1_min']}), KL {row['kl']} "
+        f"(max {row['kl_max']})"
+    )
+
+
+@EXPORTERS.register("bnb")
+class BnbExporter(Exporter):
+    """bitsandbytes int8 / nf4 safetensors checkpoints for the torch backend, verified."""
+
+    config_class = QuantizeConfig
+
+    @staticmethod
+    def describe() -> dict[str, Any]:
+        return {"method": list(BNB_METHODS), "backend": "torch (transformers + bitsandbytes)"}
+
+    @staticmethod
+    def export(config: QuantizeConfig) -> dict[str, Any]:
+        return quantize_bnb(config)
 
 
 def _load_quantized(ref: ModelRef, source: LoadedModel, method: type[BnbMethod]) -> Any:
@@ -188,6 +215,8 @@ def _parity(source: LoadedModel, model: Any, method: type[BnbMethod]) -> dict[st
     kl = torch.cat(kls).mean().item()
     passed = top1 >= method.top1_min and kl <= method.kl_max
     return {
+        "check": "logits",
+        "type": method.name,
         "positions": int(sum(a.numel() for a in agree)),
         "top1": round(top1, 4),
         "kl": round(kl, 5),

@@ -64,8 +64,9 @@ def test_saves_reloads_generates(tmp_path: Path, model: str, method: str, layer:
     assert "quantization_config" in json.loads((out / "config.json").read_text())
     assert bits[0] <= summary["bits_per_weight"] <= bits[1]
     assert {"model.safetensors", "tokenizer.json"} <= {f["file"] for f in summary["files"]}
-    parity = manifest["parity"]
-    assert parity["passed"] and parity["positions"] > 40
+    (parity,) = manifest["parity"]
+    assert parity["check"] == "logits" and parity["type"] == method
+    assert parity["passed"] and parity["positions"] > 40 and manifest["passed"] is True
     assert parity["top1"] >= QUANT.get(method).top1_min and 0 <= parity["kl"] <= parity["kl_max"]
     found_layers, text = generate(out)
     assert layer in found_layers and text
@@ -93,8 +94,8 @@ def test_parity_failure_exits_3_after_writing(tmp_path: Path, monkeypatch) -> No
     out = tmp_path / "nf4"
     args = ["quantize", "--model", "tiny:llama", "--method", "bnb-nf4", "--out", str(out)]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 3 and "parity failed" in result.output
-    assert json.loads((out / "casseat.json").read_text())["parity"]["passed"] is False
+    assert result.exit_code == 3 and "verification failed: parity vs fp32" in result.output
+    assert json.loads((out / "casseat.json").read_text())["parity"][0]["passed"] is False
 
 
 def test_cli_json_and_overwrite(tmp_path: Path) -> None:
@@ -111,7 +112,7 @@ def test_cli_json_and_overwrite(tmp_path: Path) -> None:
     ]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
-    assert json.loads(first.stdout)["parity"]["top1"] == 1.0
+    assert json.loads(first.stdout)["parity"][0]["top1"] == 1.0
     again = CliRunner().invoke(main, args)
     assert (
         again.exit_code == 1 and "already exists" in again.output and "--overwrite" in again.output
@@ -153,5 +154,5 @@ def test_registry_entries_describe_tolerances() -> None:
 def test_embedded_smollm2_nf4(tmp_path: Path) -> None:
     # int8 is left out here: LLM.int8's CPU outlier path makes it ~80 s (numbers in bnb.py)
     summary, out = run_quantize(tmp_path, "embedded:smollm2-135m-instruct", "bnb-nf4")
-    assert summary["parity"]["passed"] and 4.0 <= summary["bits_per_weight"] <= 4.6
+    assert summary["parity"][0]["passed"] and 4.0 <= summary["bits_per_weight"] <= 4.6
     assert "12" in generate(out, chat=True, tokens=16)[1]

@@ -20,6 +20,7 @@ from typing import Any
 
 from casseat_edge.artifacts import sha256_file, write_manifest
 from casseat_edge.errors import ModelSpecError, UnsupportedArchError
+from casseat_edge.exporting import Exporter, publish
 from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
@@ -27,13 +28,12 @@ from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
 from export.gguf.mmproj import MMPROJ_SPECS, mmproj_spec, write_mmproj
 from export.gguf.quantize import GGUF_TYPES, quantize_gguf
 from export.gguf.text import TEXT_FAMILIES, text_source, write_text_gguf
-from export.publish import publish
 
 __all__ = ["GgufExportConfig", "GgufExporter", "export_gguf", "gguf_file_info"]
 
 
 @EXPORTERS.register("gguf")
-class GgufExporter:
+class GgufExporter(Exporter):
     """GGUF for llama.cpp: text model (+ mmproj for VLMs), llama.cpp quant types, verified."""
 
     config_class = GgufExportConfig

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from casseat_edge.artifacts import sha256_file, write_manifest
+from casseat_edge.exporting import Exporter, publish
 from casseat_edge.formats.onnx_split import (
     DECODER,
     DECODERS,
@@ -48,13 +49,12 @@ from export.onnx.quantize import (
     quantize_int8,
     quantize_nbits,
 )
-from export.publish import publish
 
 __all__ = ["OnnxExportConfig", "OnnxExporter", "export_onnx"]
 
 
 @EXPORTERS.register("onnx")
-class OnnxExporter:
+class OnnxExporter(Exporter):
     """transformers.js-layout ONNX (model, or vision_encoder / embed_tokens /
     decoder_model_merged), fp32/int8/int4, verified."""
 
