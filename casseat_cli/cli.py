@@ -402,7 +402,14 @@ def _render_export(s: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- run
+def _cascade_config_class() -> Any:
+    from runtime.config import CascadeConfig
+
+    return CascadeConfig
+
+
 @main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
 @click.option(
     "--model",
     "model_spec",
@@ -412,25 +419,6 @@ def _render_export(s: dict[str, Any]) -> str:
 )
 @click.option("--image", type=click.Path(dir_okay=False), help="Problem image (PNG/JPEG/WebP).")
 @click.option("--question", required=True, help="The question text.")
-@click.option(
-    "--backend",
-    default="torch",
-    show_default=True,
-    help="torch | llama.cpp | onnxruntime | vllm (GPU).",
-)
-@click.option(
-    "--policy",
-    default="cas-seat",
-    show_default=True,
-    help="direct | cot | seat | cas-seat | cas-seat-refine.",
-)
-@click.option(
-    "--max-new-tokens",
-    default=256,
-    show_default=True,
-    type=int,
-    help="Generated tokens per stage at most.",
-)
 @click.option("--caption", help="Image description (what text-only models read).")
 @click.option("--choices", multiple=True, help="A multiple-choice option (repeat the flag).")
 @click.option("--answer", help="The expected answer: the result then says whether it is correct.")
@@ -439,44 +427,32 @@ def _render_export(s: dict[str, Any]) -> str:
     type=click.Choice(["integer", "float", "text", "multi_choice"]),
     help="How the answer is compared (default: text, multi_choice with --choices).",
 )
-@click.option("--threads", type=int, help="CPU threads (default: all).")
-@click.option(
-    "--quant",
-    help="The variant to load where an export holds several (ONNX: fp32, int8 or int4).",
-)
-@click.option("--no-kv-reuse", is_flag=True, help="Re-prefill every stage (for comparison).")
-@click.option(
-    "--captions/--no-captions",
-    default=None,
-    help="Vision models also read --caption after the image (default: as the model was trained).",
-)
+@click_options(_cascade_config_class())
 @json_option
 def run(
+    config_file: str | None,
     model_spec: str,
     image: str | None,
     question: str,
-    backend: str,
-    policy: str,
-    max_new_tokens: int,
     caption: str | None,
     choices: tuple[str, ...],
     answer: str | None,
     answer_type: str | None,
-    threads: int | None,
-    no_kv_reuse: bool,
-    captions: bool | None,
-    quant: str | None,
     as_json: bool,
+    **params: Any,
 ) -> None:
     """Solve one problem with the cascade: prints the reasoning, the verdict, the answer and a
-    per-stage latency table (or one JSON document with --json).
+    per-stage latency table (or one JSON document with --json). The cascade's flags are the keys
+    of --config (runtime.config.CascadeConfig).
 
     Example: casseat-edge run --model embedded:smollm2-135m-instruct --backend llama.cpp
     --question "What is the area?" --caption "A 3 by 4 rectangle." --answer 12 --answer-type integer
     """
     from runtime import Cascade
+    from runtime.config import CascadeConfig
     from runtime.profiler import process_stats
 
+    config = load_config(CascadeConfig, config_file, cli_overrides(params))
     fields = {
         k: v
         for k, v in dict(
@@ -486,16 +462,7 @@ def run(
     }
     if choices and "answer_type" not in fields:
         fields["answer_type"] = "multi_choice"
-    with Cascade(
-        model_spec,
-        backend=backend,
-        policy=policy,
-        max_new_tokens=max_new_tokens,
-        kv_reuse=not no_kv_reuse,
-        captions=captions,
-        threads=threads,
-        **({"quant": quant} if quant else {}),
-    ) as cascade:
+    with Cascade(model_spec, config) as cascade:
         result = cascade.solve(image, question, **fields)
         emit({**result.to_dict(), **process_stats(cascade)}, as_json, _render_run(result))
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from casseat_edge.config import StageConfig, option
 from casseat_edge.errors import ConfigError
+from casseat_edge.prompts import Policy
 
 STAGES = ("bench", "model", "synth", "train", "export", "eval", "report")
 STUDENTS = {"cas-seat": "cas-seat", "cot": "cot-only", "seat": "seat"}
@@ -54,7 +55,7 @@ class PipelineConfig(StageConfig):
         "artifacts evaluated, as backend/quant (each must be exported: torch/fp32 is the "
         "trained student itself); the first is the headline",
     )
-    policies: tuple[str, ...] = option(
+    policies: tuple[Policy, ...] = option(
         ("cot", "cas-seat"),
         "cascade policies evaluated (cot is read off cas-seat's stage 1 where both are: the same "
         "prompt, greedy)",

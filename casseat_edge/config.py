@@ -203,6 +203,8 @@ def coerce(cls: type[C], values: Mapping[str, Any], source: str = "config") -> C
 
 def _convert(name: str, value: Any, hint: Any, source: str) -> Any:
     origin = get_origin(hint)
+    if value is None and type(None) in get_args(hint):  # an optional field's `null`
+        return None
     scalar = _base_type(hint) if origin is not Literal else None
     if scalar in (int, float, str, bool) and origin is not tuple:
         return _check_scalar(name, value, scalar, source)

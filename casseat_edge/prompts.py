@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
+from typing import Any, Literal
 
 from casseat_edge.answers import FINAL_ANSWER_PREFIX, LETTERS
 
 PROMPT_VERSION = "casseat-prompts-1"
 POLICIES = ("direct", "cot", "seat", "cas-seat", "cas-seat-refine")
+Policy = Literal[POLICIES]  # a config field's type: its CLI choices and checks come from POLICIES
 VERDICTS = ("Accept", "Refine")
 VERDICT_PREFIX = "Verdict:"
 

@@ -6,6 +6,8 @@
                            answer="12", answer_type="integer", caption="A 3 by 4 rectangle.")
     result.answer, result.verdict, result.correct, result.stages[1].new_prefill_tokens
 
+How it runs (backend, policy, budgets, KV reuse, captions, backend options) is a
+`runtime.config.CascadeConfig`: `Cascade(model, config)`, or keywords that build one as above.
 Greedy by default. `on_token(stage_name, piece)` streams text as it is generated and
 `on_stage(stage_result)` fires when a stage ends (for apps). Text-only models read the caption
 (`caption=` or `metadata={"caption": ...}`) in place of the image. With `captions=True` a vision
@@ -15,6 +17,7 @@ the default follows the model's training manifest (`trained_with_captions`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -23,13 +26,13 @@ from typing import Any
 
 from casseat_edge.answers import extract, is_correct
 from casseat_edge.artifacts import MANIFEST
-from casseat_edge.config import check_threads
 from casseat_edge.errors import ConfigError, DataError
 from casseat_edge.models import ModelRef
 from casseat_edge.preprocess import add_caption, load_image
-from casseat_edge.prompts import POLICIES, parse_verdict, prompt_info
+from casseat_edge.prompts import parse_verdict, prompt_info
 from casseat_edge.registry import BACKENDS
 from runtime.backends import Engine, TurnEngine, open_conversation
+from runtime.config import CascadeConfig, flag
 from runtime.policies import POLICY_FUNCTIONS, Run
 from runtime.types import Result, StageResult
 
@@ -37,43 +40,38 @@ PROBLEM_FIELDS = ("pid", "choices", "answer", "answer_type", "precision", "unit"
 
 
 class Cascade:
-    """A loaded model on one backend, running one cascade policy per `solve` call."""
+    """A loaded model on one backend, running one cascade policy per `solve` call.
+
+    `Cascade(model, config)` with a `CascadeConfig`; keywords build one (or replace its fields):
+    `Cascade(model, backend="llama.cpp", policy="cot")`. `model` is a model spec, or an engine
+    that is already open (then the config's backend and backend options do not apply)."""
 
     def __init__(
         self,
         model: str | Path | ModelRef | Engine | TurnEngine,
-        backend: str = "torch",
-        policy: str = "cas-seat",
+        config: CascadeConfig | None = None,
         *,
-        max_new_tokens: int = 256,
-        max_refine_rounds: int = 1,
-        kv_reuse: bool = True,
-        captions: bool | None = None,
         on_token: Callable[[str, str], None] | None = None,
         on_stage: Callable[[StageResult], None] | None = None,
-        **backend_options: Any,
+        **options: Any,
     ) -> None:
-        if policy not in POLICIES:
-            raise ConfigError(f"unknown policy {policy!r}; expected one of: {', '.join(POLICIES)}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-        if backend_options.get("threads") is not None:  # every backend: 100,000 aborts BLAS
-            check_threads(backend_options["threads"])
-        self.engine = (
-            model
-            if isinstance(model, (Engine, TurnEngine))
-            else BACKENDS.get(backend)(model, **backend_options)
-        )
-        self.policy = policy
-        self.max_new_tokens = max_new_tokens
-        self.max_refine_rounds = max_refine_rounds
-        self.kv_reuse = kv_reuse
+        self.config = config = _config(config, options)
+        self.backend_options = config.backend_options()
+        if isinstance(model, (Engine, TurnEngine)):
+            if self.backend_options:
+                raise ConfigError(
+                    f"{', '.join(map(flag, self.backend_options))}: the engine is already open; "
+                    "pass these options to its constructor (or pass a model spec)"
+                )
+            self.engine = model
+        else:
+            self.engine = BACKENDS.get(config.backend)(model, **self.backend_options)
         # caption-augmented prompts (vision models; text-only models read the caption anyway):
         # by default as the model was trained (its manifest's `captions`)
+        captions = config.captions
         wanted = trained_with_captions(self.engine.spec) if captions is None else captions
         self.captions = bool(wanted) and self.engine.vision
         self.on_token, self.on_stage = on_token, on_stage
-        self.backend_options = backend_options
 
     def close(self) -> None:
         """Free the backend's model (llama.cpp holds native memory until closed)."""
@@ -89,6 +87,10 @@ class Cascade:
     def backend(self) -> str:
         return self.engine.name
 
+    @property
+    def policy(self) -> str:
+        return self.config.policy
+
     def solve(self, image: Any = None, question: str = "", **problem_fields: Any) -> Result:
         """Run the policy on one problem. Problem fields: MathVista's (`choices`, `answer`,
         `answer_type`, `precision`, `unit`, ...) plus `caption` for text-only models."""
@@ -96,26 +98,27 @@ class Cascade:
         start = time.perf_counter()
         pixels = load_image(image) if image is not None and self.engine.vision else None
         image_ms = (time.perf_counter() - start) * 1e3  # decoding: part of stage 1's preprocess
-        conversation = open_conversation(self.engine, kv_reuse=self.kv_reuse)
+        config = self.config
+        conversation = open_conversation(self.engine, kv_reuse=config.kv_reuse)
         stages: list[StageResult] = []
 
         def say(name: str, messages: list[dict[str, Any]]) -> str:
             stream = (lambda piece: self.on_token(name, piece)) if self.on_token else None
             if self.captions:
                 messages = add_caption(messages, caption)
-            out = conversation.turn(messages, pixels, caption, self.max_new_tokens, stream)
+            out = conversation.turn(messages, pixels, caption, config.max_new_tokens, stream)
             stage = _stage_result(name, out, problem, image_ms if not stages else 0.0)
             stages.append(stage)
             if self.on_stage:
                 self.on_stage(stage)
             return out.raw_text
 
-        outcome = POLICY_FUNCTIONS[self.policy](
-            Run(problem, say), {"max_refine_rounds": self.max_refine_rounds}
+        outcome = POLICY_FUNCTIONS[config.policy](
+            Run(problem, say), {"max_refine_rounds": config.max_refine_rounds}
         )
         correct = is_correct(outcome.answer, problem) if problem.get("answer") is not None else None
         return Result(
-            policy=self.policy,
+            policy=config.policy,
             backend=self.engine.name,
             model=self.engine.spec,
             stages=stages,
@@ -123,10 +126,10 @@ class Cascade:
             answer_source=outcome.answer_source,
             verdict=outcome.verdict,
             correct=correct,
-            kv_reuse=self.kv_reuse,
+            kv_reuse=config.kv_reuse,
             pid=problem.get("pid"),
             options={
-                "max_new_tokens": self.max_new_tokens,
+                "max_new_tokens": config.max_new_tokens,
                 "captions": self.captions,
                 **self.backend_options,
             },
@@ -154,6 +157,24 @@ class Cascade:
         if problem["question_type"] is None:
             problem["question_type"] = "multi_choice" if problem["choices"] else "free_form"
         return problem, caption
+
+
+def _config(config: CascadeConfig | None, options: dict[str, Any]) -> CascadeConfig:
+    """`config`, with `options` (CascadeConfig fields; unknown ones all named at once) over it."""
+    if config is not None and not isinstance(config, CascadeConfig):
+        raise ConfigError(
+            f"Cascade: config must be a CascadeConfig, found {type(config).__name__}; pass "
+            "backend=..., policy=... as keywords"
+        )
+    names = [f.name for f in dataclasses.fields(CascadeConfig)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"Cascade: unknown option(s) {', '.join(unknown)}; expected some of {', '.join(names)}"
+        )
+    if config is None:
+        return CascadeConfig(**options)
+    return dataclasses.replace(config, **options) if options else config
 
 
 def _stage_result(name: str, out: Any, problem: dict[str, Any], image_ms: float) -> StageResult:

@@ -33,7 +33,8 @@ from casseat_edge.config import StageConfig, option
 from casseat_edge.errors import ConfigError
 from casseat_edge.loaders import load_problems
 from casseat_edge.locks import DirectoryLock, is_empty
-from casseat_edge.prompts import POLICIES, prompt_info
+from casseat_edge.prompts import Policy, prompt_info
+from runtime.config import CascadeConfig, backend_keywords, shared_option
 from runtime.summary import summarize
 
 RESULTS = "results.jsonl"
@@ -52,13 +53,11 @@ class EvalConfig(StageConfig):
         "", "problem set: a directory with problems.jsonl or an official dataset file"
     )
     out: str = option("eval", "output directory for results.jsonl, summary.json, casseat.json")
-    backend: str = option("torch", "backend (see `casseat-edge list backends`)")
-    policy: Literal["direct", "cot", "seat", "cas-seat", "cas-seat-refine"] = option(
-        "cas-seat", "cascade policy"
-    )
+    backend: str = shared_option("backend")
+    policy: Policy = shared_option("policy")
     split: str = option("test", "evaluate problems whose metadata.split is this ('' for all)")
     limit: int = option(0, "evaluate at most this many problems (0: all)")
-    max_new_tokens: int = option(256, "generation budget per stage")
+    max_new_tokens: int = shared_option("max_new_tokens")
     quant: str = option(
         "",
         "the variant to load where an export holds several (ONNX: fp32|int8|int4), and the "
@@ -70,18 +69,29 @@ class EvalConfig(StageConfig):
         "the model was trained (its casseat.json)",
     )
     name: str = option("", "the model's name in reports (default: the model spec)")
-    threads: int = option(0, "CPU threads for the backend (0: its default, all cores)")
+    threads: int = shared_option("threads")
     resume: bool = option(False, "continue an interrupted evaluation in --out")
 
     def __post_init__(self) -> None:
         if not self.bench:
             raise ConfigError("--bench: required; pass a directory with problems.jsonl")
-        if self.policy not in POLICIES:
-            raise ConfigError(f"--policy: {self.policy!r} is not one of {', '.join(POLICIES)}")
-        if self.captions not in CAPTIONS:
-            raise ConfigError(f"--captions: {self.captions!r} is not one of auto, on, off")
-        if self.limit < 0 or self.max_new_tokens < 1:
-            raise ConfigError("--limit must be >= 0 and --max-new-tokens >= 1")
+        if self.limit < 0:
+            raise ConfigError(f"--limit: expected >= 0, found {self.limit}")
+        self.cascade_config()  # the cascade's fields are checked where every cascade's are
+
+    def cascade_config(self) -> CascadeConfig:
+        """The cascade this evaluation runs. `--quant` reaches the backends that load by it
+        (onnxruntime's variants, vllm's quantization); for the others it is the report's label."""
+        cascade = CascadeConfig(
+            backend=self.backend,
+            policy=self.policy,
+            max_new_tokens=self.max_new_tokens,
+            captions=CAPTIONS[self.captions],
+            threads=self.threads,
+        )
+        if self.quant and "quant" in backend_keywords(self.backend):
+            cascade = dataclasses.replace(cascade, quant=self.quant)
+        return cascade
 
 
 Progress = Callable[[int, int], None]
@@ -102,15 +112,7 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
     out = Path(config.out)
     with DirectoryLock(out):
         _prepare(out, config)
-        cascade = Cascade(
-            config.model,
-            backend=config.backend,
-            policy=config.policy,
-            max_new_tokens=config.max_new_tokens,
-            captions=CAPTIONS[config.captions],
-            **_variant(config),
-            **({"threads": config.threads} if config.threads else {}),
-        )
+        cascade = Cascade(config.model, config.cascade_config())
         manifest = (config.to_dict(), {"bench": problems.source})
         write_manifest(out, "eval", *manifest, status="running", **prompt_info())
         with cascade, JsonlAppender(out / RESULTS) as writer:
@@ -126,16 +128,6 @@ def evaluate(config: EvalConfig, progress: Progress | None = None) -> dict[str, 
         write_json_atomic(out / "summary.json", summary)
         write_manifest(out, "eval", *manifest, status="done", **prompt_info())
     return summary
-
-
-def _variant(config: EvalConfig) -> dict[str, str]:
-    """Backends whose exports hold several variants load the one `--quant` names; backends that
-    quantize at load time (`takes_quant`: vllm) get it too."""
-    from casseat_edge.registry import BACKENDS
-
-    engine = BACKENDS.get(config.backend)
-    takes = getattr(engine, "variants", False) or getattr(engine, "takes_quant", False)
-    return {"quant": config.quant} if config.quant and takes else {}
 
 
 # what makes two evaluations the same run: --resume must not mix rows of different ones

@@ -305,11 +305,13 @@ def test_gguf_and_export_specs_are_refused(tmp_path) -> None:
 
 
 def test_list_backends_and_eval_quant() -> None:
-    from runtime.evaluate import EvalConfig, _variant
+    from runtime.evaluate import EvalConfig
 
     out = CliRunner().invoke(main, ["list", "backends", "--json"])
     assert out.exit_code == 0, out.output
     rows = {row["name"]: row for row in json.loads(out.stdout)["entries"]}
     assert rows["vllm"]["extra"] == "gpu"
-    assert _variant(EvalConfig(bench="b", backend="vllm", quant="fp8")) == {"quant": "fp8"}
-    assert _variant(EvalConfig(bench="b", backend="torch", quant="fp8")) == {}
+    vllm = EvalConfig(bench="b", backend="vllm", quant="fp8").cascade_config()
+    assert vllm.backend_options() == {"quant": "fp8"}
+    torch = EvalConfig(bench="b", backend="torch", quant="fp8").cascade_config()
+    assert torch.backend_options() == {}

@@ -33,13 +33,12 @@ class OrtEngine(HfTokenizerHooks, Engine):
     """onnxruntime on an ONNX export: stage 2 continues from stage 1's past key/values."""
 
     name = "onnxruntime"
-    variants = True  # one export directory holds several quantized variants (`quant=`)
     extra_name = "(core install; gpu for the CUDA provider)"
 
     def __init__(
         self,
         model: str | Path | ModelRef,
-        quant: str | None = None,
+        quant: str | None = None,  # one export directory holds several quantized variants
         threads: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,

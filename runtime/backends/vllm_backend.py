@@ -156,12 +156,11 @@ class VllmEngine(TurnEngine):
 
     name = "vllm"
     extra_name = EXTRA
-    takes_quant = True  # `--quant` is vLLM's `quantization` (fp8, bitsandbytes, ...)
 
     def __init__(
         self,
         model: str | Path | ModelRef,
-        quant: str | None = None,
+        quant: str | None = None,  # vLLM's load-time `quantization` (fp8, bitsandbytes, ...)
         threads: int | None = None,
         temperature: float = 0.0,
         seed: int = 0,
@@ -173,7 +172,7 @@ class VllmEngine(TurnEngine):
         tensor_parallel_size: int = 1,
         trust_remote_code: bool = False,
     ) -> None:
-        del threads  # the `run` CLI always passes it; vLLM's GPU workers take no CPU thread count
+        del threads  # taken like every backend's --threads; vLLM's GPU workers have no CPU count
         if device != "cuda":
             raise ConfigError(
                 f"the vllm backend runs on CUDA GPUs only, got device={device!r}; on a CPU use "
