@@ -23,7 +23,7 @@ from casseat_edge.artifacts import (
 from casseat_edge.errors import BackendUnavailableError, ConfigError
 from casseat_edge.exporting import Exporter, publish
 from casseat_edge.locks import DirectoryLock
-from casseat_edge.models import LoadedModel, ModelRef, load_model, resolve_model
+from casseat_edge.models import ArchSpec, LoadedModel, ModelRef, load_model, resolve_model
 from casseat_edge.registry import EXPORTERS, QUANT
 from quantize.config import QuantizeConfig
 
@@ -33,11 +33,6 @@ PARITY_PROMPTS = (
     "The capital of France is Paris. The capital of Italy is",
     "Explain in one sentence why the sky looks blue during the day.",
 )
-# Vision tower and connector stay float, like lm_head: their error compounds into every image token.
-FLOAT_PARTS = {
-    "Idefics3ForConditionalGeneration": ("model.vision_model", "model.connector"),
-    "Qwen2VLForConditionalGeneration": ("model.visual",),
-}
 
 
 class BnbMethod:
@@ -167,9 +162,8 @@ def _load_quantized(ref: ModelRef, source: LoadedModel, method: type[BnbMethod])
     import torch
     import transformers
 
-    skip = ["lm_head", *FLOAT_PARTS.get(ref.arch.architecture, ())]
     quant = transformers.BitsAndBytesConfig(
-        **method.quant_kwargs(torch), llm_int8_skip_modules=skip
+        **method.quant_kwargs(torch), llm_int8_skip_modules=float_modules(ref.arch)
     )
     auto = getattr(transformers, ref.arch.auto_class)
     device_map = "cpu" if not torch.cuda.is_available() else {"": 0}
@@ -177,6 +171,12 @@ def _load_quantized(ref: ModelRef, source: LoadedModel, method: type[BnbMethod])
         ref.path, quantization_config=quant, device_map=device_map, dtype=torch.float32
     )
     return model.eval()
+
+
+def float_modules(arch: type[ArchSpec]) -> list[str]:
+    """Modules kept float: the head, and the vision tower and connector (`ArchSpec.parts()`),
+    whose error would compound into every image token."""
+    return [arch.lm_head, *arch.vision_prefixes, *arch.connector_prefixes]
 
 
 def _quantized_linear_bytes(model: Any) -> tuple[int, int]:

@@ -55,16 +55,22 @@ from casseat_edge.errors import (
 log = logging.getLogger(__name__)
 EXTRA = "llama"
 SEQ = 0  # the one sequence a session drives
-# clip.projector_type -> (HF architecture, the image token the HF processor repeats per embedding)
-PROJECTORS = {
-    "idefics3": ("Idefics3ForConditionalGeneration", "<image>"),
-    "qwen2vl_merger": ("Qwen2VLForConditionalGeneration", "<|image_pad|>"),
-    "qwen2.5vl_merger": ("Qwen2_5_VLForConditionalGeneration", "<|image_pad|>"),
-}
 TOKENIZE_ERRORS = {
     1: "the number of image markers in the prompt differs from the number of images",
     2: "libmtmd could not preprocess the image",
 }
+
+
+def projectors() -> dict[str, tuple[str, str]]:
+    """clip.projector_type -> (HF architecture, the image token its HF processor repeats per
+    embedding), from the architecture entries (`ArchSpec.mmproj_projector`, `image_token`)."""
+    from casseat_edge.models.archs import ARCHS
+
+    return {
+        arch.mmproj_projector: (arch.architecture, arch.image_token)
+        for _, arch in ARCHS.items()
+        if arch.mmproj_projector
+    }
 
 
 def import_llama_cpp() -> Any:
@@ -215,7 +221,7 @@ class LlamaSession:
         if not mtmd_cpp.mtmd_support_vision(ctx):
             raise ModelSpecError(f"{self.mmproj}: this mmproj has no vision encoder")
         self.projector = projector
-        self.architecture, token_text = PROJECTORS[projector]
+        self.architecture, token_text = projectors()[projector]
         found = self.tokenize(token_text)
         if len(found) != 1:
             raise ModelSpecError(
@@ -613,10 +619,10 @@ def _mmproj_fields(mmproj: Path) -> dict[str, Any]:
         raise ModelSpecError(
             f"{mmproj}: not a readable GGUF mmproj ({exc.__class__.__name__}); re-export it"
         ) from None
-    if meta.get("clip.projector_type") not in PROJECTORS:
+    if meta.get("clip.projector_type") not in projectors():
         raise ModelSpecError(
             f"{mmproj}: projector type {meta.get('clip.projector_type')!r} is not supported; "
-            f"supported: {', '.join(PROJECTORS)}"
+            f"supported: {', '.join(projectors())}"
         )
     problem = _mmproj_shape_problem(meta, shapes)
     if problem:

@@ -6,7 +6,7 @@ loaded = load_model("tiny:smolvlm")
 
 from __future__ import annotations
 
-from casseat_edge.models.archs import ArchSpec, arch_for_config
+from casseat_edge.models.archs import ArchSpec, arch_for_config, arch_names, supported_arch
 from casseat_edge.models.embedded import embedded_gguf, embedded_hf_dir, embedded_tokenizer_dir
 from casseat_edge.models.specs import (
     DEFAULT_MODEL,
@@ -24,11 +24,13 @@ __all__ = [
     "LoadedModel",
     "ModelRef",
     "arch_for_config",
+    "arch_names",
     "embedded_gguf",
     "embedded_hf_dir",
     "embedded_tokenizer_dir",
     "find_mmproj",
     "load_model",
     "resolve_model",
+    "supported_arch",
     "tiny_names",
 ]

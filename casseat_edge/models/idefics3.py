@@ -42,6 +42,15 @@ class Idefics3Arch(ArchSpec):
     # texts llama.cpp's libmtmd looks up as single tokens around an Idefics3 image: a vocabulary
     # subset must keep them whole (see casseat_edge.models.tokenizer.subset_tokenizer)
     single_token_texts = ("\n\n", "\n")
+    # SigLIP tower -> pixel-shuffle connector -> Llama (llama.cpp: llama rope, q/k permuted)
+    vision_prefixes = ("model.vision_model",)
+    connector_prefixes = ("model.connector",)
+    text_prefix = "model.text_model"
+    gguf_arch = "LLAMA"
+    gguf_permute_qk = True
+    mmproj_projector = "idefics3"
+    image_token = IMAGE_TOKEN
+    onnx_vision = "idefics3"
 
     @classmethod
     def load_processor(cls, model_dir: Path) -> Any:

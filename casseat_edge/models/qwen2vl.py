@@ -121,6 +121,16 @@ class _QwenVLBase(ArchSpec, abstract=True):
     auto_class = "AutoModelForImageTextToText"
     image_text = IMAGE_TEXT
     packable = False  # M-RoPE: 3-row position ids the model computes itself
+    # ViT whose 2x2 patch merger (the connector) sits inside it -> Qwen2 decoder with M-RoPE;
+    # llama.cpp's qwen2vl graph runs both decoders (HF's half-split rope: no q/k permutation)
+    vision_prefixes = ("model.visual",)
+    connector_prefixes = ("model.visual.merger",)
+    text_prefix = "model.language_model"
+    # (that graph turns an all-zero embedding row, an untrained padding_idx row, into NaN
+    # logits: save_tiny fills such rows)
+    gguf_arch = "QWEN2VL"
+    mrope = True
+    image_token = "<|image_pad|>"
 
     @classmethod
     def load_processor(cls, model_dir: Path) -> Any:
@@ -140,6 +150,8 @@ class Qwen2VLArch(_QwenVLBase):
     model_type = "qwen2_vl"
     summary = "Qwen2-VL (ViT + 2x2 merger + Qwen2 with M-RoPE)"
     tiny_name = "qwen2vl"
+    mmproj_projector = "qwen2vl_merger"
+    onnx_vision = "qwen2vl"
 
     @classmethod
     def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:
@@ -176,6 +188,8 @@ class Qwen25VLArch(_QwenVLBase):
     model_type = "qwen2_5_vl"
     summary = "Qwen2.5-VL (windowed ViT + merger + Qwen2 with M-RoPE)"
     tiny_name = "qwen2.5vl"
+    mmproj_projector = "qwen2.5vl_merger"
+    # no ONNX vision graph yet (its windowed attention is not restated in export.onnx.graphs)
 
     @classmethod
     def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:

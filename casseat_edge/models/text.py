@@ -93,6 +93,9 @@ class LlamaArch(ArchSpec):
     summary = "Llama / SmolLM2 text decoder (reads the image caption)"
     tiny_name = "llama"
     aliases = ("MistralForCausalLM",)
+    text_prefix = "model"
+    gguf_arch = "LLAMA"
+    gguf_permute_qk = True  # llama.cpp's llama rope rotates adjacent pairs, HF halves
 
     @classmethod
     def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:
@@ -115,6 +118,8 @@ class Qwen2Arch(ArchSpec):
     auto_class = "AutoModelForCausalLM"
     summary = "Qwen2 / Qwen2.5 text decoder (reads the image caption)"
     tiny_name = "qwen2"
+    text_prefix = "model"
+    gguf_arch = "QWEN2"  # HF's half-split rope, as llama.cpp's qwen2: no q/k permutation
 
     @classmethod
     def build_tiny(cls, out: Path, tokenizer_dir: Path, seed: int) -> None:

@@ -22,12 +22,12 @@ from casseat_edge.artifacts import sha256_file, write_manifest
 from casseat_edge.errors import ModelSpecError, UnsupportedArchError
 from casseat_edge.exporting import Exporter, publish
 from casseat_edge.locks import DirectoryLock
-from casseat_edge.models import load_model, resolve_model
+from casseat_edge.models import ArchSpec, arch_names, load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
-from export.gguf.mmproj import MMPROJ_SPECS, mmproj_spec, write_mmproj
+from export.gguf.mmproj import has_mmproj, mmproj_spec, write_mmproj
 from export.gguf.quantize import GGUF_TYPES, quantize_gguf
-from export.gguf.text import TEXT_FAMILIES, text_source, write_text_gguf
+from export.gguf.text import has_text_gguf, text_source, write_text_gguf
 
 __all__ = ["GgufExportConfig", "GgufExporter", "export_gguf", "gguf_file_info"]
 
@@ -71,20 +71,20 @@ def _export_gguf(config: GgufExportConfig) -> dict[str, Any]:
             f"supported: {', '.join(supported)}"
         )
     if ref.kind == "hf":
-        check_source_files(ref.path, vision=architecture in MMPROJ_SPECS)
-    write = partial(_write_and_verify, ref, architecture, config=config, start=start)
+        check_source_files(ref.path, vision=ref.arch.vision)
+    write = partial(_write_and_verify, ref, config=config, start=start)
     return publish(config, "GGUF", write, _describe_failure)
 
 
 def _write_and_verify(
-    ref: Any, architecture: str, out: Path, *, config: GgufExportConfig, start: float
+    ref: Any, out: Path, *, config: GgufExportConfig, start: float
 ) -> dict[str, Any]:
     """Every file and the manifest, into `out` (the staging directory)."""
     loaded = load_model(ref)
     text_path = _write_text(loaded, out, config)
     files = [gguf_file_info(text_path, "text", config.quant)]
     mmproj_path = None
-    if architecture in MMPROJ_SPECS:
+    if ref.arch.vision:
         mmproj_path = write_mmproj(loaded, out / f"mmproj-{config.mmproj_quant}.gguf",
                                    config.mmproj_quant)  # fmt: skip
         files.append(gguf_file_info(mmproj_path, "mmproj", config.mmproj_quant))
@@ -92,7 +92,7 @@ def _write_and_verify(
     failing = [row for row in parity if not row["passed"]]
     summary = {
         "model": config.model,
-        "architecture": architecture,
+        "architecture": ref.arch.architecture,
         "format": "gguf",
         "files": files,
         "parity": parity,
@@ -125,15 +125,13 @@ def check_source_files(path: Path, vision: bool) -> None:
         )
 
 
+def exportable(arch: type[ArchSpec]) -> bool:
+    """A decoder llama.cpp runs, and for a vision model an mmproj libmtmd loads too."""
+    return has_text_gguf(arch) and (not arch.vision or has_mmproj(arch))
+
+
 def supported_architectures() -> list[str]:
-    """Text models with a text family; vision models only when their mmproj is supported too."""
-    from casseat_edge.registry import ARCHS
-
-    def complete(name: str) -> bool:
-        vision = name in ARCHS and ARCHS.get(name).vision
-        return not vision or name in MMPROJ_SPECS
-
-    return sorted(name for name in TEXT_FAMILIES if complete(name))
+    return arch_names(exportable)
 
 
 def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> Path:

@@ -1,7 +1,8 @@
 """The vision half of a GGUF export: the `mmproj` file libmtmd loads beside the text model.
 
-One declarative entry per source architecture says which HF tensors belong to the vision encoder
-and connector, the clip projector type and how to fill the `clip.vision.*` metadata. Tensor names
+One entry per libmtmd projector type (`ArchSpec.mmproj_projector` names it for an architecture,
+whose `vision_prefixes` + `connector_prefixes` say which HF tensors go in) says how to fill the
+`clip.vision.*` metadata and how to rename what the name map lacks. Tensor names
 come from `gguf.TensorNameMap` for `MODEL_ARCH.MMPROJ`; an entry's `rename` hook adapts HF names
 or layouts the map does not cover (Qwen-VL: fused qkv, Conv3d patch embedding), its `finish`
 hook the rest (Idefics3: the position table in the order transformers reads it). Matrices are
@@ -20,15 +21,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from casseat_edge.errors import UnsupportedArchError
+from casseat_edge.models import ArchSpec, supported_arch
 from export.gguf.text import gguf_model_name
 
 
 class MmprojSpec:
-    """Base of the per-architecture mmproj entries; subclasses set the class attributes."""
+    """Base of the per-projector mmproj entries; subclasses set the class attributes."""
 
-    architectures: ClassVar[tuple[str, ...]]
-    projector: ClassVar[str]  # gguf.VisionProjectorType value
-    prefixes: ClassVar[tuple[str, ...]]  # HF state-dict prefixes that go into the mmproj
+    projector: ClassVar[str]  # gguf.VisionProjectorType value (= ArchSpec.mmproj_projector)
     keep_f32: ClassVar[tuple[str, ...]] = ("position_embd",)
     # libmtmd lays an image out in the prompt as the HF processor does (same tokens), so logits
     # after an image are comparable; Idefics3: no (see Idefics3Mmproj.parity_image)
@@ -64,9 +64,7 @@ class MmprojSpec:
 class Idefics3Mmproj(MmprojSpec):
     """Idefics3 / SmolVLM: SigLIP encoder + pixel-shuffle connector (`idefics3` projector)."""
 
-    architectures = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
     projector = "idefics3"
-    prefixes = ("model.vision_model.", "model.connector.")
     same_prompt_layout = False
 
     @classmethod
@@ -154,7 +152,6 @@ class _QwenVLMmproj(MmprojSpec):
     conv2d kernels, one per frame: a still image is its own frame twice (HF repeats it), so the
     3-D convolution equals the sum of the two 2-D ones, which is what libmtmd computes."""
 
-    prefixes = ("model.visual.",)
     keep_f32 = ()
 
     @classmethod
@@ -238,7 +235,6 @@ class _QwenVLMmproj(MmprojSpec):
 class Qwen2VLMmproj(_QwenVLMmproj):
     """Qwen2-VL: LayerNorm blocks, quick-GELU MLP (`qwen2vl_merger`)."""
 
-    architectures = ("Qwen2VLForConditionalGeneration",)
     projector = "qwen2vl_merger"
 
     @classmethod
@@ -261,7 +257,6 @@ class Qwen25VLMmproj(_QwenVLMmproj):
     """Qwen2.5-VL: RMSNorm blocks, SiLU-gated MLP and window attention with full-attention blocks
     every `n_wa_pattern` layers (`qwen2.5vl_merger`)."""
 
-    architectures = ("Qwen2_5_VLForConditionalGeneration",)
     projector = "qwen2.5vl_merger"
     window = 112  # libmtmd's fixed attention window (pixels) for this projector
 
@@ -308,34 +303,39 @@ def _pixels(image_processor: Any, which: str) -> int:
     return int(value)
 
 
-MMPROJ_SPECS: dict[str, type[MmprojSpec]] = {
-    name: spec
-    for spec in (Idefics3Mmproj, Qwen2VLMmproj, Qwen25VLMmproj)
-    for name in spec.architectures
+MMPROJ_PROJECTORS: dict[str, type[MmprojSpec]] = {
+    spec.projector: spec for spec in (Idefics3Mmproj, Qwen2VLMmproj, Qwen25VLMmproj)
 }
 
 
-def mmproj_spec(model: Any) -> type[MmprojSpec]:
+def has_mmproj(arch: type[ArchSpec]) -> bool:
+    """Whether an mmproj can be written for the entry: its projector type has a writer here."""
+    return arch.mmproj_projector in MMPROJ_PROJECTORS
+
+
+def mmproj_arch(model: Any) -> type[ArchSpec]:
+    """The architecture entry of a loaded VLM, if its mmproj can be written."""
     architecture = (model.config.architectures or ["?"])[0]
-    if architecture not in MMPROJ_SPECS:
-        raise UnsupportedArchError(
-            f"mmproj export of {architecture!r} is not supported; supported: "
-            + ", ".join(sorted(MMPROJ_SPECS))
-        )
-    return MMPROJ_SPECS[architecture]
+    return supported_arch(architecture, "mmproj export", has_mmproj)
+
+
+def mmproj_spec(model: Any) -> type[MmprojSpec]:
+    return MMPROJ_PROJECTORS[mmproj_arch(model).mmproj_projector]
 
 
 def mmproj_tensors(model: Any, spec: type[MmprojSpec]) -> dict[str, np.ndarray]:
     """The encoder + connector tensors under llama.cpp's mmproj names, as float32 arrays."""
     import gguf
 
+    arch = mmproj_arch(model)
+    prefixes = tuple(p + "." for p in (*arch.vision_prefixes, *arch.connector_prefixes))
     vision = model.config.vision_config
     n_blocks = getattr(vision, "num_hidden_layers", None) or vision.depth  # Qwen-VL: depth
     # the map numbers projector layers like blocks (Qwen's `merger.mlp.2` -> `mm.2`): leave room
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, max(n_blocks, 4))
     out = {}
     for hf_name, tensor in model.state_dict().items():
-        if not hf_name.startswith(spec.prefixes):
+        if not hf_name.startswith(prefixes):
             continue
         array = tensor.detach().float().cpu().numpy()
         for name, piece, final in spec.rename(hf_name, array):

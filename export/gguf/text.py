@@ -1,7 +1,8 @@
 """The text half of a GGUF export: the decoder and its byte-level BPE tokenizer.
 
 Takes the decoder of a loaded HF model (a plain Llama or Qwen2, or the text tower of an
-Idefics3, Qwen2-VL or Qwen2.5-VL VLM), renames its tensors to llama.cpp's names with
+Idefics3, Qwen2-VL or Qwen2.5-VL VLM; where it lives and its llama.cpp architecture come from the
+`ArchSpec` entry: `text_prefix`, `gguf_arch`, `gguf_permute_qk`, `mrope`), renames its tensors to llama.cpp's names with
 `gguf.TensorNameMap`, permutes the q/k projections where llama.cpp's rope pairs dimensions
 differently (llama), writes Qwen-VL's M-RoPE sections, and writes an f32 or f16 GGUF with the full
 tokenizer. Other types are made from that file by `quantize.py` (llama.cpp's own quantizer).
@@ -20,37 +21,12 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import UnsupportedArchError
+from casseat_edge.models import ArchSpec, arch_names, supported_arch
 
 # llama.cpp token types (llama_token_type)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 # our HF tokenizers' pre-tokenizer -> llama.cpp's name for the same split (SmolLM2: digits one by one)
 PRE_TOKENIZERS = {("Digits", "ByteLevel"): "smollm", ("ByteLevel",): "gpt2"}
-
-
-@dataclasses.dataclass(frozen=True)
-class TextFamily:
-    """How one HF architecture's decoder maps to a llama.cpp architecture."""
-
-    prefix: str  # HF state-dict prefix of the decoder inside the model
-    gguf_arch: str  # gguf.MODEL_ARCH member name
-    permute_qk: bool  # llama-style rope on adjacent pairs (Qwen2 uses HF's half split: no)
-    mrope: bool = False  # Qwen2-VL's multimodal rope sections
-
-
-_LLAMA = TextFamily("model.", "LLAMA", permute_qk=True)
-_IDEFICS3 = TextFamily("model.text_model.", "LLAMA", permute_qk=True)
-_QWEN2VL = TextFamily("model.language_model.", "QWEN2VL", permute_qk=False, mrope=True)
-TEXT_FAMILIES = {
-    "LlamaForCausalLM": _LLAMA,
-    "MistralForCausalLM": _LLAMA,
-    "Qwen2ForCausalLM": TextFamily("model.", "QWEN2", permute_qk=False),
-    "Idefics3ForConditionalGeneration": _IDEFICS3,
-    "SmolVLMForConditionalGeneration": _IDEFICS3,
-    # llama.cpp's qwen2vl graph (also Qwen2.5-VL's decoder) turns an all-zero embedding row (an
-    # untrained padding_idx row) into NaN logits; the tiny models have none.
-    "Qwen2VLForConditionalGeneration": _QWEN2VL,
-    "Qwen2_5_VLForConditionalGeneration": _QWEN2VL,
-}
 
 
 @dataclasses.dataclass
@@ -65,32 +41,37 @@ class TextSource:
     chat_template: str | None
 
 
+def has_text_gguf(arch: type[ArchSpec]) -> bool:
+    """Whether the entry names the llama.cpp architecture of its decoder."""
+    return arch.gguf_arch is not None
+
+
 def supported_text_archs() -> list[str]:
-    return sorted(TEXT_FAMILIES)
+    return arch_names(has_text_gguf)
+
+
+def text_arch(loaded: Any) -> type[ArchSpec]:
+    """The architecture entry of a loaded model's decoder (its config's `architectures[0]`)."""
+    architecture = (loaded.model.config.architectures or [loaded.arch.architecture])[0]
+    return supported_arch(architecture, "GGUF export", has_text_gguf)
 
 
 def text_source(loaded: Any) -> TextSource:
     """Extract the decoder of a loaded HF model (`casseat_edge.models.LoadedModel`)."""
     model = loaded.model
-    architecture = (model.config.architectures or [loaded.arch.architecture])[0]
-    if architecture not in TEXT_FAMILIES:
-        raise UnsupportedArchError(
-            f"GGUF export of {architecture!r} is not supported; supported: "
-            + ", ".join(supported_text_archs())
-        )
-    family = TEXT_FAMILIES[architecture]
+    arch = text_arch(loaded)
     config = model.config.get_text_config()
-    state = _hf_text_state(model, family.prefix)
-    hparams = _llama_hparams(config, family)
-    tensors = _gguf_tensors(state, hparams, family)
+    state = _hf_text_state(model, arch.text_prefix + ".", arch.lm_head + ".weight")
+    hparams = _llama_hparams(config, arch)
+    tensors = _gguf_tensors(state, hparams, arch)
     template = getattr(loaded.processor, "chat_template", None) or getattr(
         loaded.tokenizer, "chat_template", None
     )
     import gguf
 
-    arch = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, family.gguf_arch)]
+    name = gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf_arch)]
     return TextSource(
-        arch, gguf_model_name(loaded.ref.spec), tensors, hparams, loaded.tokenizer, template
+        name, gguf_model_name(loaded.ref.spec), tensors, hparams, loaded.tokenizer, template
     )
 
 
@@ -102,18 +83,18 @@ def gguf_model_name(spec: str) -> str:
     return Path(spec).name or spec
 
 
-def _hf_text_state(model: Any, prefix: str) -> dict[str, np.ndarray]:
+def _hf_text_state(model: Any, prefix: str, head: str) -> dict[str, np.ndarray]:
     """Decoder tensors renamed to the plain `model.layers.N...` / `lm_head` HF names."""
     state = {}
     for name, tensor in model.state_dict().items():
         if name.startswith(prefix):
             state["model." + name[len(prefix) :]] = tensor
-        elif name == "lm_head.weight":
-            state[name] = tensor
+        elif name == head:
+            state["lm_head.weight"] = tensor
     return {k: v.detach().float().cpu().numpy() for k, v in state.items()}
 
 
-def _llama_hparams(config: Any, family: TextFamily) -> dict[str, Any]:
+def _llama_hparams(config: Any, arch: type[ArchSpec]) -> dict[str, Any]:
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     rope = getattr(config, "rope_scaling", None)
@@ -133,7 +114,7 @@ def _llama_hparams(config: Any, family: TextFamily) -> dict[str, Any]:
         "rope_theta": float(getattr(config, "rope_theta", 10000.0)),
         "vocab_size": config.vocab_size,
         "tied": bool(getattr(config, "tie_word_embeddings", False)),
-        "rope_sections": _mrope_sections(rope) if family.mrope else None,
+        "rope_sections": _mrope_sections(rope) if arch.mrope else None,
     }
 
 
@@ -159,23 +140,23 @@ def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 def _gguf_tensors(
-    state: dict[str, np.ndarray], hp: dict[str, Any], family: TextFamily
+    state: dict[str, np.ndarray], hp: dict[str, Any], arch: type[ArchSpec]
 ) -> dict[str, np.ndarray]:
     import gguf
 
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, family.gguf_arch), hp["block_count"])
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf_arch), hp["block_count"])
     out = {}
     for name, array in state.items():
         if name == "lm_head.weight" and hp["tied"]:
             continue  # llama.cpp reuses token_embd when output.weight is absent
-        if family.permute_qk and name.endswith("self_attn.q_proj.weight"):
+        if arch.gguf_permute_qk and name.endswith("self_attn.q_proj.weight"):
             array = permute_for_rope(array, hp["head_count"])
-        elif family.permute_qk and name.endswith("self_attn.k_proj.weight"):
+        elif arch.gguf_permute_qk and name.endswith("self_attn.k_proj.weight"):
             array = permute_for_rope(array, hp["head_count_kv"])
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise UnsupportedArchError(
-                f"tensor {name!r} has no llama.cpp name for {family.gguf_arch.lower()}"
+                f"tensor {name!r} has no llama.cpp name for {arch.gguf_arch.lower()}"
             )
         out[new] = np.ascontiguousarray(array, dtype=np.float32)
     return out

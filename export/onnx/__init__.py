@@ -41,7 +41,13 @@ from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.onnx.config import ONNX_QUANTS, OnnxExportConfig
-from export.onnx.graphs import FAMILIES, export_decoder, export_embed, export_vision, family_for
+from export.onnx.graphs import (
+    export_decoder,
+    export_embed,
+    export_vision,
+    family_for,
+    onnx_architectures,
+)
 from export.onnx.quantize import (
     ONNX_TYPES,
     float_params,
@@ -64,7 +70,7 @@ class OnnxExporter(Exporter):
 
     @staticmethod
     def describe() -> dict[str, Any]:
-        return {"architectures": sorted(FAMILIES), "quant": list(ONNX_QUANTS)}
+        return {"architectures": onnx_architectures(), "quant": list(ONNX_QUANTS)}
 
     @staticmethod
     def export(config: OnnxExportConfig) -> dict[str, Any]:

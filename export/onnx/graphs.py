@@ -1,5 +1,6 @@
 """The graphs of the transformers.js layout, traced from the transformers model with torch.onnx
-(TorchScript exporter, `dynamo=False`), and the per-family table that says where each part lives.
+(TorchScript exporter, `dynamo=False`); where each part lives comes from the `ArchSpec` entry
+(`text_prefix`, `lm_head`, `mrope`, and `onnx_vision` naming one of the vision graphs here).
 
 - decoder: the text model + lm_head behind flat past tensors; for text-only models the embedding
   lookup is traced in too (the merged `model.onnx`, input_ids in), for VLMs it takes
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from casseat_edge.errors import UnsupportedArchError
+from casseat_edge.models import ArchSpec, arch_names, supported_arch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,8 @@ class Idefics3Vision(nn.Module):
     connector output [real images, image_seq_len, text hidden], as transformers'
     `get_image_features` computes it: all-zero (padding) images are dropped, the pixel mask
     becomes a patch mask that masks attention keys and picks each patch's bucketed position id."""
+
+    input_names = ("pixel_values", "pixel_attention_mask")
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -93,6 +96,8 @@ class Qwen2VLVision(nn.Module):
     """Patches [N, C*T*P*P] + rotary (row, col) ids [N, 2] + attention bias [N, N] -> merged
     image features [N / merge^2, text hidden]; the same arithmetic as transformers' ViT."""
 
+    input_names = ("pixel_values", "vision_pos_ids", "vision_attention_bias")
+
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.visual = model.model.visual
@@ -120,41 +125,30 @@ class Qwen2VLVision(nn.Module):
         return visual.merger(hidden)
 
 
-def _text_only(name: str) -> OnnxFamily:
-    return OnnxFamily(name, lambda m: m.model, lambda m: m.lm_head)
+# the vision-encoder graphs, by the name `ArchSpec.onnx_vision` gives
+VISION_GRAPHS: dict[str, type[nn.Module]] = {"idefics3": Idefics3Vision, "qwen2vl": Qwen2VLVision}
 
 
-FAMILIES = {
-    f.architecture: f
-    for f in (
-        _text_only("LlamaForCausalLM"),
-        _text_only("Qwen2ForCausalLM"),
-        OnnxFamily(
-            "Idefics3ForConditionalGeneration",
-            lambda m: m.model.text_model,
-            lambda m: m.lm_head,
-            vision=Idefics3Vision,
-            vision_inputs=("pixel_values", "pixel_attention_mask"),
-        ),
-        OnnxFamily(
-            "Qwen2VLForConditionalGeneration",
-            lambda m: m.model.language_model,
-            lambda m: m.lm_head,
-            position_rows=3,
-            vision=Qwen2VLVision,
-            vision_inputs=("pixel_values", "vision_pos_ids", "vision_attention_bias"),
-        ),
-    )
-}
+def has_onnx(arch: type[ArchSpec]) -> bool:
+    """Text-only models always; vision models when their vision graph exists here."""
+    return not arch.vision or arch.onnx_vision in VISION_GRAPHS
+
+
+def onnx_architectures() -> list[str]:
+    return arch_names(has_onnx)
 
 
 def family_for(architecture: str | None) -> OnnxFamily:
-    if architecture not in FAMILIES:
-        raise UnsupportedArchError(
-            f"ONNX export of {architecture!r} is not supported; supported: "
-            + ", ".join(sorted(FAMILIES))
-        )
-    return FAMILIES[architecture]
+    arch = supported_arch(architecture, "ONNX export", has_onnx)
+    vision = VISION_GRAPHS[arch.onnx_vision] if arch.vision else None
+    return OnnxFamily(
+        arch.architecture,
+        lambda m: m.get_submodule(arch.text_prefix),
+        lambda m: m.get_submodule(arch.lm_head),
+        position_rows=3 if arch.mrope else 1,
+        vision=vision,
+        vision_inputs=vision.input_names if vision else (),
+    )
 
 
 class Decoder(nn.Module):

@@ -1,6 +1,6 @@
 """The base model prepared for a training method: freezing, LoRA adapters, 4-bit NF4 loading.
 
-Parts of a model are named per architecture (declarative table below, keyed on the HF
+Parts of a model are named by its architecture entry (`ArchSpec.parts()`, looked up by the HF
 `architectures` value): `vision` (the image encoder), `connector` (vision-to-text projection)
 and `lm` (decoder, embeddings, head). `--freeze-*` flags act on these parts: under full
 fine-tuning a frozen part gets no gradient; under LoRA only unfrozen parts get adapters on the
@@ -16,38 +16,14 @@ from typing import Any
 
 import torch
 
-from casseat_edge.errors import BackendUnavailableError, ConfigError, UnsupportedArchError
-from casseat_edge.models import LoadedModel, load_model, resolve_model
+from casseat_edge.errors import BackendUnavailableError, ConfigError
+from casseat_edge.models import ArchSpec, LoadedModel, load_model, resolve_model, supported_arch
 from training.sft.config import SFTConfig
-
-# longest matching prefix wins (Qwen2-VL's merger sits inside its vision module)
-PARTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "Idefics3ForConditionalGeneration": {
-        "vision": ("model.vision_model",),
-        "connector": ("model.connector",),
-        "lm": ("model.text_model", "lm_head"),
-    },
-    "Qwen2VLForConditionalGeneration": {
-        "vision": ("model.visual",),
-        "connector": ("model.visual.merger",),
-        "lm": ("model.language_model", "lm_head"),
-    },
-    "Qwen2_5_VLForConditionalGeneration": {
-        "vision": ("model.visual",),
-        "connector": ("model.visual.merger",),
-        "lm": ("model.language_model", "lm_head"),
-    },
-    "LlamaForCausalLM": {"vision": (), "connector": (), "lm": ("model", "lm_head")},
-    "Qwen2ForCausalLM": {"vision": (), "connector": (), "lm": ("model", "lm_head")},
-}
 
 
 def parts_for(architecture: str) -> dict[str, tuple[str, ...]]:
-    if architecture not in PARTS:
-        raise UnsupportedArchError(
-            f"{architecture}: no training parts table; supported: {', '.join(sorted(PARTS))}"
-        )
-    return PARTS[architecture]
+    """The architecture's parts (`ArchSpec.parts()`: vision, connector, lm module prefixes)."""
+    return supported_arch(architecture, "training").parts()
 
 
 def part_of(name: str, parts: dict[str, tuple[str, ...]]) -> str:
@@ -103,7 +79,7 @@ def load_base(spec: str, quantized: bool = False) -> LoadedModel:
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.float32,
-        llm_int8_skip_modules=_skip_quantizing(loaded.model, ref.arch.architecture),
+        llm_int8_skip_modules=_skip_quantizing(ref.arch),
     )
     auto = getattr(transformers, ref.arch.auto_class)
     model = auto.from_pretrained(
@@ -123,10 +99,9 @@ def _device_map() -> Any:
     return "cpu"
 
 
-def _skip_quantizing(model: Any, architecture: str) -> list[str]:
+def _skip_quantizing(arch: type[ArchSpec]) -> list[str]:
     """Keep the vision tower, connector and head in float: QLoRA quantizes the decoder only."""
-    parts = parts_for(architecture)
-    return ["lm_head", *parts["vision"], *parts["connector"]]
+    return [arch.lm_head, *arch.vision_prefixes, *arch.connector_prefixes]
 
 
 def _freeze(model: Any, parts: dict[str, tuple[str, ...]], trainable: set[str]) -> None:
