@@ -73,7 +73,8 @@ class PipelineConfig(StageConfig):
     max_new_tokens: int = option(
         0,
         "generation budget per stage in evaluations (0: 224, which holds 95% of the procedural "
-        "teacher's reviews; --fast: 64)",
+        "teacher's reviews; --fast: 64); seat, whose one generation holds the solution and its "
+        "checks, gets two stages' worth, as cas-seat does",
     )
     threads: int = option(
         0, "CPU threads for llama.cpp and onnxruntime (0: all cores; 1 on a busy machine)"
@@ -147,6 +148,12 @@ class PipelineConfig(StageConfig):
     @property
     def generation_budget(self) -> int:
         return self.max_new_tokens or (64 if self.fast else 224)
+
+    def generation_budget_for(self, policy: str) -> int:
+        """Tokens per generation for `policy`: `seat` writes the solution and its checks in one
+        generation, so it gets cas-seat's two stages (the same tokens per problem). At one
+        stage's budget the SEAT student's checked solutions were cut on 62 of 100 problems."""
+        return self.generation_budget * (2 if policy == "seat" else 1)
 
 
 Log = Callable[[str], None]

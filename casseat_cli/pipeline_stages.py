@@ -332,7 +332,7 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
             backend=art.backend,
             policy=policy,
             limit=limit,
-            max_new_tokens=config.generation_budget,
+            max_new_tokens=config.generation_budget_for(policy),
             quant=art.quant,
             name=f"{STUDENTS[name]} student",
             threads=config.threads,

@@ -93,6 +93,11 @@ def test_config_limits_students_and_evaluations():
     everything = PipelineConfig(eval_limit=-1, torch_eval_limit=-1)
     assert everything.held_out_limit("torch/fp32") == everything.held_out_limit("x/y") == 0
     assert PipelineConfig(fast=True).student_budget["steps"] == 3
+    # tokens per problem are the same for every policy: seat's one generation gets two stages
+    assert config.generation_budget_for("cas-seat") == config.generation_budget == 224
+    assert config.generation_budget_for("cot") == 224
+    assert config.generation_budget_for("seat") == 448
+    assert PipelineConfig(fast=True, max_new_tokens=50).generation_budget_for("seat") == 100
     assert PipelineConfig(student="scratch").student_budget["steps"] == 400
     assert config.preset == "smollm2" and PipelineConfig(student="scratch").preset == "smolvlm"
     with pytest.raises(ConfigError, match="--student"):
