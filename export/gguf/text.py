@@ -1,11 +1,11 @@
 """The text half of a GGUF export: the decoder and its byte-level BPE tokenizer.
 
 Takes the decoder of a loaded HF model (a plain Llama or Qwen2, or the text tower of an
-Idefics3, Qwen2-VL or Qwen2.5-VL VLM; where it lives and its llama.cpp architecture come from the
-`ArchSpec` entry: `text_prefix`, `gguf_arch`, `gguf_permute_qk`, `mrope`), renames its tensors to llama.cpp's names with
-`gguf.TensorNameMap`, permutes the q/k projections where llama.cpp's rope pairs dimensions
-differently (llama), writes Qwen-VL's M-RoPE sections, and writes an f32 or f16 GGUF with the full
-tokenizer. Other types are made from that file by `quantize.py` (llama.cpp's own quantizer).
+Idefics3, Qwen2-VL or Qwen2.5-VL VLM; where it lives and its llama.cpp architecture come from
+the `ArchSpec` entry: `text_prefix`, `gguf_arch`, `gguf_permute_qk`, `mrope`), renames its
+tensors to llama.cpp's names with `gguf.TensorNameMap`, permutes the q/k projections where
+llama.cpp's rope pairs dimensions differently (llama), writes Qwen-VL's M-RoPE sections, and
+writes an f32 or f16 GGUF with the full tokenizer. Other types are made from that file by `quantize.py` (llama.cpp's own quantizer).
 
     source = text_source(loaded)           # tensors, hyper-parameters, tokenizer
     write_text_gguf(source, "model-f16.gguf", "f16")
