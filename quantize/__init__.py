@@ -1,4 +1,4 @@
-"""bitsandbytes int8/nf4 checkpoints for the torch path and quantizer helpers shared by the exporters. Built by issue 5; registers quantization types in casseat_edge.registry.QUANT.
+"""bitsandbytes int8/nf4 checkpoints for the torch path and quantizer helpers shared by the exporters. Built by issue 5; registers quantization types in casseat_edge.registry.QUANT and the `bnb` exporter in EXPORTERS.
 
 `casseat-edge quantize --model DIR --method bnb-int8|bnb-nf4 --out DIR` loads the source in
 float32, quantizes its linear layers with bitsandbytes (8-bit `Linear8bitLt` or 4-bit NF4

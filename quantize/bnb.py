@@ -106,9 +106,9 @@ def _quantize_bnb(config: QuantizeConfig) -> dict[str, Any]:
         source.processor.save_pretrained(stage)
         linear_bytes, linear_params = _quantized_linear_bytes(model)
         parity = _parity(source, model, method)
-        files = [{"file": p.name, "bytes": p.stat().st_size,
-                  "size_mb": round(p.stat().st_size / 1e6, 3)}
-                 for p in sorted(stage.iterdir())]  # fmt: skip
+        sizes = {p.name: p.stat().st_size for p in sorted(stage.iterdir())}
+        files = [{"file": name, "bytes": size, "size_mb": round(size / 1e6, 3)}
+                 for name, size in sizes.items()]  # fmt: skip
         summary = {
             "format": "bnb",
             "model": config.model,
