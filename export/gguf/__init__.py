@@ -2,8 +2,11 @@
 
 Writes, into an export directory: `model-<quant>.gguf` (the text model with its tokenizer and
 chat template), `mmproj-<mmproj_quant>.gguf` for vision models (libmtmd's vision encoder +
-projector) and `casseat.json` (kind "export", format "gguf", files with sizes and bits per weight,
-the parity table, the source hashes). Verification against PyTorch is on by default; a failing
+projector), `imatrix.gguf` when the importance matrix for a quantized type was computed from
+Cas-SEAT samples (`--imatrix SYNTH_DIR`, see `imatrix.py`; `--gptq SYNTH_DIR` re-rounds the
+q5_0/q4_0 tensors instead, see `gptq.py`) and `casseat.json` (kind "export",
+format "gguf", files with sizes and bits per weight, the imatrix used, the parity table, the
+source hashes). Verification against PyTorch is on by default; a failing
 row raises `ParityError` (exit 3) after the artifact is written.
 
     from casseat_edge.config import load_config
@@ -25,6 +28,15 @@ from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import ArchSpec, arch_names, load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
+from export.gguf.gptq import gptq_rewrite, input_covariances
+from export.gguf.imatrix import (
+    IMATRIX_FILE,
+    Imatrix,
+    check_imatrix,
+    compute_imatrix,
+    read_imatrix,
+    write_imatrix,
+)
 from export.gguf.mmproj import has_mmproj, mmproj_spec, write_mmproj
 from export.gguf.quantize import GGUF_TYPES, quantize_gguf
 from export.gguf.text import has_text_gguf, text_source, write_text_gguf
@@ -81,7 +93,7 @@ def _write_and_verify(
 ) -> dict[str, Any]:
     """Every file and the manifest, into `out` (the staging directory)."""
     loaded = load_model(ref)
-    text_path = _write_text(loaded, out, config)
+    text_path, calibration = _write_text(loaded, out, config)
     files = [gguf_file_info(text_path, "text", config.quant)]
     mmproj_path = None
     if ref.arch.vision:
@@ -95,6 +107,7 @@ def _write_and_verify(
         "architecture": ref.arch.architecture,
         "format": "gguf",
         "files": files,
+        **calibration,
         "parity": parity,
         "verified": config.verify,
         "passed": not failing if config.verify else None,
@@ -134,18 +147,40 @@ def supported_architectures() -> list[str]:
     return arch_names(exportable)
 
 
-def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> Path:
+def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> tuple[Path, dict]:
+    """The text GGUF, and what describes its calibration (the imatrix, the GPTQ rewrite)."""
     source = text_source(loaded)
     target = out / f"model-{config.quant}.gguf"
     if config.quant in ("f32", "f16"):
-        return write_text_gguf(source, target, config.quant)
+        return write_text_gguf(source, target, config.quant), {"imatrix": None, "gptq": None}
     # llama.cpp quantizes best from full precision; the f32 intermediate is removed afterwards
     tmp = out / ".model-f32.tmp.gguf"
     try:
         write_text_gguf(source, tmp, "f32")
-        return quantize_gguf(tmp, target, config.quant, config.threads)
+        imatrix, info = _imatrix(loaded, out, config) if config.imatrix else (None, None)
+        if imatrix is not None:
+            check_imatrix(imatrix, tmp, config.imatrix)
+        name = info["file"] if info else ""
+        quantize_gguf(tmp, target, config.quant, config.threads, imatrix, name)
+        gptq = None
+        if config.gptq:
+            covariances = input_covariances(loaded, config.gptq, config.calibration_samples)
+            gptq = gptq_rewrite(tmp, target, covariances)
+        return target, {"imatrix": info, "gptq": gptq}
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _imatrix(loaded: Any, out: Path, config: GgufExportConfig) -> tuple[Imatrix, dict]:
+    """Read the --imatrix file, or compute one from the --imatrix samples and save it in --out."""
+    given = Path(config.imatrix)
+    if given.is_file() and given.suffix == ".gguf":
+        imatrix = read_imatrix(given)
+        return imatrix, {"source": "file", "file": given.name, **imatrix.describe()}
+    computed = compute_imatrix(loaded, given, config.calibration_samples)
+    # quantize with what the file holds (float32 sums), so re-using it gives the same bytes
+    imatrix = read_imatrix(write_imatrix(computed, out / IMATRIX_FILE))
+    return imatrix, {"source": "computed", "file": IMATRIX_FILE, **imatrix.describe()}
 
 
 def _verify(loaded: Any, text: Path, mmproj: Path | None, config: GgufExportConfig) -> list:

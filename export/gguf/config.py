@@ -17,6 +17,7 @@ TEXT_QUANTS = (
     "q4_k_m", "q4_k_s", "q4_1", "q4_0", "q3_k_l", "q3_k_m", "q3_k_s", "q2_k",
 )  # fmt: skip
 MMPROJ_QUANTS = ("f32", "f16", "q8_0")
+FLOAT_QUANTS = ("f32", "f16", "bf16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,21 @@ class GgufExportConfig(StageConfig):
     overwrite: bool = option(False, "replace an existing export directory --out")
     positions: int = option(200, "token positions compared in logit verification")
     threads: int = option(0, "CPU threads for llama.cpp (0: its default)")
+    imatrix: str = option(
+        "",
+        "importance matrix for the quantizer (quantized --quant types): an imatrix .gguf "
+        "(llama-imatrix's, or imatrix.gguf of an earlier export), or a `casseat-edge synth` "
+        "directory to compute one from with the PyTorch model (saved as --out/imatrix.gguf)",
+    )
+    gptq: str = option(
+        "",
+        "a `casseat-edge synth` directory: re-round the q5_0/q4_0 tensors llama.cpp made (q4_k_m "
+        "of 576-wide models: most of them) with GPTQ from its samples' input covariances; the "
+        "file keeps llama.cpp's types and size",
+    )
+    calibration_samples: int = option(
+        64, "samples of a synth directory --imatrix / --gptq calibrate on (0: all)"
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -44,6 +60,14 @@ class GgufExportConfig(StageConfig):
             problems.append(
                 f"mmproj_quant={self.mmproj_quant!r} is not one of: {', '.join(MMPROJ_QUANTS)}"
             )
+        for name in ("imatrix", "gptq"):
+            if getattr(self, name) and self.quant in FLOAT_QUANTS:
+                problems.append(
+                    f"{name}: applies only to quantized types, not quant={self.quant!r}; drop "
+                    f"--{name} or pick a quantized --quant (q4_k_m...)"
+                )
+        if self.calibration_samples < 0:
+            problems.append(f"calibration_samples={self.calibration_samples} must be >= 0")
         if self.positions < 8:
             problems.append(f"positions={self.positions} must be at least 8")
         if problems:

@@ -12,9 +12,13 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from casseat_edge.errors import BackendUnavailableError, CasseatError
 from casseat_edge.registry import QUANT
+from export.gguf.imatrix import Imatrix
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,23 +91,68 @@ def _llama_cpp():
     return llama_cpp
 
 
-def quantize_gguf(src: str | Path, dst: str | Path, quant: str, threads: int = 0) -> Path:
-    """Quantize an f32/f16 GGUF to `quant` with llama.cpp; raises `CasseatError` on failure."""
+def quantize_gguf(
+    src: str | Path,
+    dst: str | Path,
+    quant: str,
+    threads: int = 0,
+    imatrix: Imatrix | None = None,
+    imatrix_name: str = "",
+) -> Path:
+    """Quantize an f32/f16 GGUF to `quant` with llama.cpp; raises `CasseatError` on failure.
+
+    `imatrix` weighs each block's rounding error per input column (see `imatrix.py`); the file
+    then records it as llama-quantize does (`quantize.imatrix.file` = `imatrix_name`, dataset,
+    entries and chunk counts), which model hubs read to label imatrix quants."""
     llama_cpp = _llama_cpp()
     entry = GGUF_TYPES[quant]
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{entry.ftype}")
     params.nthread = threads
     params.allow_requantize = False
+    keep = _pass_imatrix(llama_cpp, params, imatrix, imatrix_name) if imatrix else None
     from llama_cpp._utils import suppress_stdout_stderr
 
     with suppress_stdout_stderr(disable=False):  # llama.cpp logs one line per tensor
         status = llama_cpp.llama_model_quantize(
             str(src).encode(), str(dst).encode(), ctypes.byref(params)
         )
+    del keep  # the C arrays had to live until llama.cpp returned
     if status != 0 or not Path(dst).is_file():
         raise CasseatError(
             f"llama.cpp could not quantize {src} to {quant} (status {status}); "
             "try another --quant or export f16"
         )
     return Path(dst)
+
+
+def _pass_imatrix(llama_cpp: Any, params: Any, imatrix: Imatrix, name: str) -> list[Any]:
+    """Point `params` at NULL-terminated C arrays of the imatrix entries and the provenance keys;
+    returns what must stay alive while llama.cpp reads them."""
+    means = imatrix.means()
+    entries = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+    keep: list[Any] = [entries]
+    for i, (tensor, values) in enumerate(means.items()):
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        keep += [values, tensor.encode()]
+        entries[i].name = keep[-1]
+        entries[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = values.size
+    params.imatrix = entries  # entries[len(means)] stays zeroed: the terminator
+    keys = [
+        ("quantize.imatrix.file", name or "imatrix.gguf"),
+        ("quantize.imatrix.dataset", ",".join(imatrix.datasets)[:127]),
+        ("quantize.imatrix.entries_count", len(means)),
+        ("quantize.imatrix.chunks_count", imatrix.chunks),
+    ]
+    overrides = (llama_cpp.llama_model_kv_override * (len(keys) + 1))()
+    for override, (key, value) in zip(overrides, keys):
+        override.key = key.encode()
+        if isinstance(value, int):
+            override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            override.value.val_i64 = value
+        else:
+            override.tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            override.value.val_str = value.encode()[:127]
+    params.kv_overrides = overrides
+    return [*keep, overrides]

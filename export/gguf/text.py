@@ -75,6 +75,33 @@ def text_source(loaded: Any) -> TextSource:
     )
 
 
+def gguf_linear_names(loaded: Any) -> dict[str, str]:
+    """Every linear layer of the decoder (module name in the loaded model) -> the GGUF weight it
+    becomes; a tied lm_head is `token_embd.weight`, the tensor llama.cpp multiplies by then."""
+    import gguf
+    import torch
+
+    arch = text_arch(loaded)
+    config = loaded.model.config.get_text_config()
+    blocks = config.num_hidden_layers
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf_arch), blocks)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    prefix = arch.text_prefix + "."
+    out = {}
+    for module_name, module in loaded.model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        if module_name == arch.lm_head:
+            out[module_name] = "token_embd.weight" if tied else "output.weight"
+        elif module_name.startswith(prefix):
+            hf = "model." + module_name[len(prefix) :] + ".weight"
+            new = names.get_name(hf, try_suffixes=(".weight",))
+            if new is None:
+                raise UnsupportedArchError(f"{hf!r} has no llama.cpp name for {arch.gguf_arch}")
+            out[module_name] = new
+    return out
+
+
 def gguf_model_name(spec: str) -> str:
     """`general.name` for a model spec: a path gives only its last component, so a shared GGUF
     does not carry the exporting machine's directory layout (user names, project paths)."""
