@@ -4,10 +4,10 @@ Writes, into an export directory: `model-<quant>.gguf` (the text model with its 
 chat template), `mmproj-<mmproj_quant>.gguf` for vision models (libmtmd's vision encoder +
 projector), `imatrix.gguf` when the importance matrix for a quantized type was computed from
 Cas-SEAT samples (`--imatrix SYNTH_DIR`, see `imatrix.py`; `--gptq SYNTH_DIR` re-rounds the
-q5_0/q4_0 tensors instead, see `gptq.py`) and `casseat.json` (kind "export",
-format "gguf", files with sizes and bits per weight, the imatrix used, the parity table, the
-source hashes). Verification against PyTorch is on by default; a failing
-row raises `ParityError` (exit 3) after the artifact is written.
+q5_0/q4_0 tensors, see `gptq.py`) and `casseat.json` (kind "export", format "gguf", files with
+sizes and bits per weight, the calibration used, the parity table, the source hashes).
+Verification against PyTorch is on by default; a failing row raises `ParityError` (exit 3) after
+the artifact is written.
 
     from casseat_edge.config import load_config
     from export.gguf import GgufExportConfig, export_gguf
@@ -174,7 +174,7 @@ def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> tuple[Path,
 def _imatrix(loaded: Any, out: Path, config: GgufExportConfig) -> tuple[Imatrix, dict]:
     """Read the --imatrix file, or compute one from the --imatrix samples and save it in --out."""
     given = Path(config.imatrix)
-    if given.is_file() and given.suffix == ".gguf":
+    if given.is_file() and given.suffix != ".jsonl":  # a samples.jsonl, or a directory of one
         imatrix = read_imatrix(given)
         return imatrix, {"source": "file", "file": given.name, **imatrix.describe()}
     computed = compute_imatrix(loaded, given, config.calibration_samples)
