@@ -39,6 +39,17 @@ def load_image(
     return image
 
 
+def image_inside(root: Path, image: Any, where: str) -> Path:
+    """A dataset row's relative image path, resolved; it must stay inside the dataset's `root`
+    (a resolved directory). `where` names the row in the error."""
+    if not isinstance(image, str) or not image:
+        raise DataError(f"{where}: image: missing, but the messages have an image part")
+    path = (root / image).resolve()
+    if not path.is_relative_to(root):
+        raise DataError(f"{where}: image: {image!r} leaves the samples directory {root}")
+    return path
+
+
 def _decode(source: str | Path | bytes) -> Image.Image:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:

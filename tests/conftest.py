@@ -4,6 +4,7 @@ test session, or to $CASSEAT_TEST_HOME when set (CI keeps it between runs to sav
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +20,13 @@ def has_module(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def make_synth(root: Path, n: int, seed: int) -> Path:
+    """Real Cas-SEAT samples in `root/s`: an `n`-problem benchmark through the procedural teacher."""
+    from casseat_edge.bench import BenchConfig, make_bench
+    from training.synth import SynthConfig, synthesize
+
+    make_bench(BenchConfig(out=str(root / "bench"), n=n, seed=seed))
+    synthesize(SynthConfig(problems=str(root / "bench"), teacher="procedural", out=str(root / "s")))
+    return root / "s"

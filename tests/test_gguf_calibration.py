@@ -17,7 +17,7 @@ from casseat_cli.cli import main
 from casseat_edge.config import load_config
 from casseat_edge.errors import ConfigError, DataError
 from casseat_edge.models import load_model, resolve_model
-from tests.conftest import has_module
+from tests.conftest import has_module, make_synth
 
 pytestmark = pytest.mark.skipif(
     not (has_module("llama_cpp") and has_module("gguf")), reason="needs llama-cpp-python and gguf"
@@ -27,13 +27,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real Cas-SEAT samples: a small benchmark through the procedural teacher."""
-    from casseat_edge.bench import BenchConfig, make_bench
-    from training.synth import SynthConfig, synthesize
-
-    root = tmp_path_factory.mktemp("imatrix-data")
-    make_bench(BenchConfig(out=str(root / "bench"), n=30, seed=5))
-    synthesize(SynthConfig(problems=str(root / "bench"), teacher="procedural", out=str(root / "s")))
-    return root / "s"
+    return make_synth(tmp_path_factory.mktemp("imatrix-data"), n=30, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from casseat_edge.models import load_model
 from casseat_edge.preprocess import encode, user_messages
 from training.sft import SFTConfig, train
 from training.sft.collate import SFTCollator
+from tests.conftest import make_synth
 from training.sft.data import IGNORE_INDEX, SFTDataset, load_samples
 
 FAST = {"save_steps": 0, "batch_size": 2, "logging_steps": 1, "seed": 0}
@@ -28,13 +29,7 @@ FAST = {"save_steps": 0, "batch_size": 2, "logging_steps": 1, "seed": 0}
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real Cas-SEAT samples: a small benchmark through the procedural teacher."""
-    from casseat_edge.bench import BenchConfig, make_bench
-    from training.synth import SynthConfig, synthesize
-
-    root = tmp_path_factory.mktemp("sft-data")
-    make_bench(BenchConfig(out=str(root / "bench"), n=60, seed=3))
-    synthesize(SynthConfig(problems=str(root / "bench"), teacher="procedural", out=str(root / "s")))
-    return root / "s"
+    return make_synth(tmp_path_factory.mktemp("sft-data"), n=60, seed=3)
 
 
 def write_short_samples(out: Path, n: int = 32) -> Path:

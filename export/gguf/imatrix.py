@@ -28,7 +28,7 @@ import numpy as np
 
 from casseat_edge.artifacts import atomic_path, read_jsonl, read_manifest, stable_fraction
 from casseat_edge.errors import DataError
-from casseat_edge.preprocess import add_caption, count_images, encode, load_image
+from casseat_edge.preprocess import add_caption, count_images, encode, image_inside, load_image
 
 SAMPLES_FILE = "samples.jsonl"
 IMATRIX_FILE = "imatrix.gguf"
@@ -151,22 +151,13 @@ def calibration_conversations(
     for _, lineno, row in rows[:limit] if limit else rows:
         messages, image = row["messages"], None
         if count_images(messages):
-            image = load_image(_inside(root, row.get("image"), f"{file}:{lineno}"))
+            image = load_image(image_inside(root, row.get("image"), f"{file}:{lineno}"))
             if captions:
                 messages = add_caption(messages, row.get("caption"))
         out.append((messages, image, row.get("caption")))
     if not out:
         raise DataError(f"{file}: no samples to calibrate on")
     return out
-
-
-def _inside(root: Path, image: Any, where: str) -> Path:
-    if not isinstance(image, str) or not image:
-        raise DataError(f"{where}: image: missing, but the messages have an image part")
-    path = (root / image).resolve()
-    if not path.is_relative_to(root):
-        raise DataError(f"{where}: image: {image!r} leaves the samples directory {root}")
-    return path
 
 
 def _trained_with_captions(loaded: Any) -> bool:

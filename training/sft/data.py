@@ -30,6 +30,7 @@ from casseat_edge.preprocess import (
     add_caption,
     count_images,
     encode,
+    image_inside,
     load_image,
     processor_tokenizer,
 )
@@ -86,19 +87,10 @@ def _sample(row: dict[str, Any], root: Path, where: str) -> Sample:
     messages = row["messages"]
     if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
         raise DataError(f"{where}: messages: expected a chat ending with an assistant turn")
-    image = _image_path(row.get("image"), root, where) if count_images(messages) else None
+    image = image_inside(root, row.get("image"), where) if count_images(messages) else None
     label = row.get("label") if isinstance(row.get("label"), dict) else {}
     right = label.get("stage1_correct") is True
     return Sample(str(row["id"]), row["kind"], messages, image, row.get("caption"), right)
-
-
-def _image_path(image: Any, root: Path, where: str) -> Path:
-    if not isinstance(image, str) or not image:
-        raise DataError(f"{where}: image: missing, but the messages have an image part")
-    path = (root / image).resolve()
-    if not path.is_relative_to(root):
-        raise DataError(f"{where}: image: {image!r} leaves the samples directory {root}")
-    return path
 
 
 def learned_turns(sample: Sample, learn_stage1: bool = False) -> list[int]:
