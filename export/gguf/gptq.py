@@ -55,7 +55,8 @@ def input_covariances(
     progress: Callable[[int, int], None] | None = None,
 ) -> Covariances:
     """x x^T of every decoder linear layer's input over `limit` samples of a synth directory.
-    The tied lm_head (token_embd) is skipped: llama.cpp keeps it at q8_0 or better."""
+    The tied lm_head (token_embd) is skipped: llama.cpp gives it q6_k (q8_0 where its rows do
+    not fit K-quant blocks), types GPTQ here does not re-round."""
     import torch
 
     sums: dict[str, Any] = {}
