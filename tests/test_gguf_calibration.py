@@ -87,12 +87,14 @@ def test_computed_under_gguf_names_as_mean_squared_inputs(synth_dir):
     assert "token_embd.weight" in imatrix.sums  # the tied lm_head multiplies by token_embd
     assert imatrix.chunks == 4 and imatrix.datasets == [synth_dir.name]
     # o_proj of layer 0 by hand: its input is the attention output of the same conversations
-    from export.gguf.imatrix import calibration_conversations
     from casseat_edge.preprocess import encode
+    from export.gguf.imatrix import calibration_conversations
 
     seen = []
     module = dict(loaded.model.named_modules())["model.text_model.layers.0.self_attn.o_proj"]
-    handle = module.register_forward_hook(lambda m, i, o: seen.append(i[0].reshape(-1, i[0].shape[-1])))
+    handle = module.register_forward_hook(
+        lambda m, i, o: seen.append(i[0].reshape(-1, i[0].shape[-1]))
+    )
     with torch.inference_mode():
         for messages, image, caption in calibration_conversations(synth_dir, 4, False):
             loaded.model(**encode(loaded.processor, loaded.arch, messages, image, caption, False))
@@ -147,9 +149,9 @@ def test_imatrix_lowers_the_weighted_rounding_error_llama_cpp_minimises(
     assert fields["quantize.imatrix.file"].contents() == "imatrix.gguf"
     assert fields["quantize.imatrix.entries_count"].contents() == len(imatrix.sums)
     assert fields["quantize.imatrix.chunks_count"].contents() == 6
-    assert "quantize.imatrix.file" not in gguf.GGUFReader(
-        str(plain_dir / "model-q4_k_m.gguf")
-    ).fields
+    assert (
+        "quantize.imatrix.file" not in gguf.GGUFReader(str(plain_dir / "model-q4_k_m.gguf")).fields
+    )
 
     # the saved matrix is reused as a file, and quantizes to the same bytes
     again, again_dir = export(
@@ -157,7 +159,9 @@ def test_imatrix_lowers_the_weighted_rounding_error_llama_cpp_minimises(
         verify=False,
     )  # fmt: skip
     assert again["imatrix"]["source"] == "file"
-    assert (again_dir / "model-q4_k_m.gguf").read_bytes() == (out / "model-q4_k_m.gguf").read_bytes()
+    assert (again_dir / "model-q4_k_m.gguf").read_bytes() == (
+        out / "model-q4_k_m.gguf"
+    ).read_bytes()
 
 
 def test_bad_imatrix_inputs_are_one_clear_error(synth_dir, wide_llama, tmp_path):
@@ -173,14 +177,18 @@ def test_bad_imatrix_inputs_are_one_clear_error(synth_dir, wide_llama, tmp_path)
     with pytest.raises(DataError, match="not a GGUF imatrix"):
         export(tmp_path, "tiny:llama", "q8_0", "b", imatrix=str(fake))
     # computed for the 64-wide tiny: same tensor names, a quarter of the columns
-    other = write_imatrix(compute_imatrix(load_model("tiny:llama"), synth_dir, 2), tmp_path / "o.gguf")
-    with pytest.raises(DataError, match=r"blk.0.attn_k.weight has 64 values but the tensor has 256 input columns"):
+    other = write_imatrix(
+        compute_imatrix(load_model("tiny:llama"), synth_dir, 2), tmp_path / "o.gguf"
+    )
+    with pytest.raises(
+        DataError, match=r"blk.0.attn_k.weight has 64 values but the tensor has 256 input columns"
+    ):
         export(tmp_path, str(wide_llama), "q4_k_m", "c", imatrix=str(other))
     assert not (tmp_path / "c").exists()  # nothing half-written is published
 
     args = ["export", "--model", "tiny:llama", "--out", str(tmp_path / "d"), "--quant", "f16"]
     result = CliRunner().invoke(main, [*args, "--imatrix", str(synth_dir)])
-    assert result.exit_code == 2 and "--imatrix" in result.output or "imatrix" in result.output
+    assert result.exit_code == 2 and "imatrix: applies only to quantized types" in result.output
     result = CliRunner().invoke(main, [*args[:-1], "q8_0", "--imatrix", str(fake), "--json"])
     assert result.exit_code == 1 and "not a GGUF imatrix" in result.output
 

@@ -18,9 +18,9 @@ from PIL import Image
 from casseat_edge.errors import ConfigError, DataError
 from casseat_edge.models import load_model
 from casseat_edge.preprocess import encode, user_messages
+from tests.conftest import make_synth
 from training.sft import SFTConfig, train
 from training.sft.collate import SFTCollator
-from tests.conftest import make_synth
 from training.sft.data import IGNORE_INDEX, SFTDataset, load_samples
 
 FAST = {"save_steps": 0, "batch_size": 2, "logging_steps": 1, "seed": 0}

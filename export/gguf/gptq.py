@@ -57,8 +57,6 @@ def input_covariances(
     """x x^T of every decoder linear layer's input over `limit` samples of a synth directory.
     The tied lm_head (token_embd) is skipped: llama.cpp gives it q6_k (q8_0 where its rows do
     not fit K-quant blocks), types GPTQ here does not re-round."""
-    import torch
-
     sums: dict[str, Any] = {}
     last: list[Any] = [None, None]  # q/k/v and gate/up read one tensor: one product for all
 
@@ -70,8 +68,7 @@ def input_covariances(
             last[:] = [x, (flat.T @ flat).double()]
         sums[name] = sums.get(name, 0) + last[1]
 
-    with torch.inference_mode():
-        counts, _, n = run_calibration(loaded, data, limit, collect, progress)
+    counts, _, n = run_calibration(loaded, data, limit, collect, progress)
     last[:] = [None, None]
     return Covariances({k: v.numpy() for k, v in sums.items()}, counts, n)
 

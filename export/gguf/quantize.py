@@ -12,13 +12,15 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from casseat_edge.errors import BackendUnavailableError, CasseatError
 from casseat_edge.registry import QUANT
-from export.gguf.imatrix import Imatrix
+
+if TYPE_CHECKING:
+    from export.gguf.imatrix import Imatrix
 
 
 @dataclasses.dataclass(frozen=True)
