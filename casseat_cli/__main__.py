@@ -1,6 +1,6 @@
 """`python -m casseat_cli ...` = `casseat-edge ...`."""
 
-from casseat_cli.cli import main
+from casseat_cli.launch import entry
 
 if __name__ == "__main__":
-    main(prog_name="casseat-edge")
+    entry()

@@ -710,4 +710,6 @@ def _render_pipeline(s: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    from casseat_cli.launch import entry
+
+    entry()

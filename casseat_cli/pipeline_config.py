@@ -79,14 +79,19 @@ class PipelineConfig(StageConfig):
     threads: int = option(
         0, "CPU threads for llama.cpp and onnxruntime (0: all cores; 1 on a busy machine)"
     )
+    draft_tokens: int = option(
+        8,
+        "speculative decoding in evaluations: drafts of up to this many tokens from the "
+        "student's earlier replies, checked in one pass (0: one token per pass)",
+    )
 
     def __post_init__(self) -> None:
         if self.n < 10:
             raise ConfigError(f"--n: {self.n} is too small for a train/held-out split; use >= 10")
         if min(self.eval_limit, self.torch_eval_limit) < -1:
             raise ConfigError("--eval-limit and --torch-eval-limit: must be >= -1")
-        if self.max_new_tokens < 0 or self.train_steps < 0:
-            raise ConfigError("--max-new-tokens and --train-steps: must be >= 0")
+        if min(self.max_new_tokens, self.train_steps, self.draft_tokens) < 0:
+            raise ConfigError("--max-new-tokens, --train-steps and --draft-tokens: must be >= 0")
         if self.student not in STUDENT_KINDS:
             raise ConfigError(
                 f"--student: expected one of {', '.join(STUDENT_KINDS)}, got {self.student!r}"

@@ -197,6 +197,8 @@ def train_stage(ctx: Context) -> dict[str, Any]:
                 "steps": mix["steps"],
                 "final_loss": mix["final_loss"],
                 "seconds": summary["seconds"],
+                "tokens_per_s": mix["tokens_per_s"],
+                "allocator": mix["allocator"],
                 "caption_accuracy": (summary.get("warmup") or {}).get("caption_accuracy"),
             }
 
@@ -336,6 +338,7 @@ def eval_stage(ctx: Context) -> dict[str, Any]:
             quant=art.quant,
             name=f"{STUDENTS[name]} student",
             threads=config.threads,
+            draft_tokens=config.draft_tokens,
         )
         inputs = {"model": _artifact_hash(art.source), "problems": sha256_file(_problems(ctx))}
         source = _cot_source(ctx, plan, name, art) if policy == "cot" else None

@@ -8,7 +8,9 @@
 
 How it runs (backend, policy, budgets, KV reuse, captions, backend options) is a
 `runtime.config.CascadeConfig`: `Cascade(model, config)`, or keywords that build one as above.
-Greedy by default. `on_token(stage_name, piece)` streams text as it is generated and
+Greedy by default, with speculative decoding (`draft_tokens`, 8; 0: off): each decode pass
+checks a draft made from the replies of earlier solves on this `Cascade` (`runtime.draft`).
+`on_token(stage_name, piece)` streams text as it is generated and
 `on_stage(stage_result)` fires when a stage ends (for apps). Text-only models read the caption
 (`caption=` or `metadata={"caption": ...}`) in place of the image. With `captions=True` a vision
 model reads it too, right after the image (caption-augmented, as the demo student is trained);
@@ -33,6 +35,7 @@ from casseat_edge.prompts import parse_verdict, prompt_info
 from casseat_edge.registry import BACKENDS
 from runtime.backends import Engine, TurnEngine, open_conversation
 from runtime.config import CascadeConfig, flag
+from runtime.draft import NgramDrafter
 from runtime.policies import POLICY_FUNCTIONS, Run
 from runtime.types import Result, StageResult
 
@@ -72,6 +75,8 @@ class Cascade:
         wanted = trained_with_captions(self.engine.spec) if captions is None else captions
         self.captions = bool(wanted) and self.engine.vision
         self.on_token, self.on_stage = on_token, on_stage
+        # speculative decoding's drafts come from the replies of every solve on this cascade
+        self.drafter = NgramDrafter() if config.draft_tokens else None
 
     def close(self) -> None:
         """Free the backend's model (llama.cpp holds native memory until closed)."""
@@ -99,7 +104,9 @@ class Cascade:
         pixels = load_image(image) if image is not None and self.engine.vision else None
         image_ms = (time.perf_counter() - start) * 1e3  # decoding: part of stage 1's preprocess
         config = self.config
-        conversation = open_conversation(self.engine, kv_reuse=config.kv_reuse)
+        conversation = open_conversation(
+            self.engine, config.kv_reuse, self.drafter, config.draft_tokens
+        )
         stages: list[StageResult] = []
 
         def say(name: str, messages: list[dict[str, Any]]) -> str:
@@ -131,6 +138,7 @@ class Cascade:
             options={
                 "max_new_tokens": config.max_new_tokens,
                 "captions": self.captions,
+                "draft_tokens": config.draft_tokens,
                 **self.backend_options,
             },
             **prompt_info(),
@@ -192,6 +200,8 @@ def _stage_result(name: str, out: Any, problem: dict[str, Any], image_ms: float)
         ttft_ms=round(out.ttft_ms + image_ms, 3),
         stop_reason=out.stop_reason,
         reused_tokens=out.reused_tokens,
+        drafted_tokens=out.drafted_tokens,
+        accepted_tokens=out.accepted_tokens,
         verdict=parse_verdict(text),
         answer=extract(text, problem),
     )

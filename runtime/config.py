@@ -1,6 +1,6 @@
-"""`CascadeConfig`: how a `Cascade` runs (backend, policy, budgets, KV reuse, captions) and the
-options its backend opens the model with. One frozen config, validated here, used by
-`Cascade(model, config)`, the `run` command (its flags are generated from the fields) and
+"""`CascadeConfig`: how a `Cascade` runs (backend, policy, budgets, KV reuse, speculative drafts,
+captions) and the options its backend opens the model with. One frozen config, validated here,
+used by `Cascade(model, config)`, the `run` command (its flags are generated from the fields) and
 `EvalConfig` (which derives one).
 
     config = CascadeConfig(backend="llama.cpp", policy="cot", threads=4)
@@ -29,6 +29,7 @@ BACKEND_OPTIONS = ("threads", "quant", "n_ctx", "device", "dtype", "temperature"
 LOWER_BOUNDS = {
     "max_new_tokens": 1,
     "max_refine_rounds": 0,
+    "draft_tokens": 0,
     "n_ctx": 0,
     "temperature": 0,
     "seed": 0,
@@ -48,6 +49,11 @@ class CascadeConfig(StageConfig):
     max_refine_rounds: int = option(1, "cas-seat-refine: re-solve and check rounds at most")
     kv_reuse: bool = option(
         True, "continue each stage on the earlier stages' KV cache (off: re-prefill, to compare)"
+    )
+    draft_tokens: int = option(
+        8,
+        "speculative decoding (greedy, token-level backends): check up to this many tokens "
+        "drafted from the model's earlier replies in one pass (0: one token per pass)",
     )
     captions: bool | None = option(
         None,

@@ -70,6 +70,7 @@ class EvalConfig(StageConfig):
     )
     name: str = option("", "the model's name in reports (default: the model spec)")
     threads: int = shared_option("threads")
+    draft_tokens: int = shared_option("draft_tokens")
     resume: bool = option(False, "continue an interrupted evaluation in --out")
 
     def __post_init__(self) -> None:
@@ -88,6 +89,7 @@ class EvalConfig(StageConfig):
             max_new_tokens=self.max_new_tokens,
             captions=CAPTIONS[self.captions],
             threads=self.threads,
+            draft_tokens=self.draft_tokens,
         )
         if self.quant and "quant" in backend_keywords(self.backend):
             cascade = dataclasses.replace(cascade, quant=self.quant)
@@ -219,7 +221,9 @@ CASCADES = ("cas-seat", "cas-seat-refine")
 def derive_cot(source: str | Path, out: str | Path) -> dict[str, Any]:
     """The `cot` evaluation of a model read off its `cas-seat` evaluation in `source`, with no
     generation: `cot` is exactly a cascade's stage 1 (the same `stage1_messages`, decoded greedily
-    from an empty cache), so its tokens, answer and latency are stage 1's. Rows keep stage 1 only
+    from an empty cache), so its tokens, answer and latency are stage 1's. (With speculative
+    decoding a separate cot run would draft from its own earlier replies, whose batch arithmetic
+    can flip a near tie: the same as any change of kernel.) Rows keep stage 1 only
     and carry `derived_from`; the summary too. `tests/test_eval.py` checks a derived run against
     a generated one. The pipeline uses it to halve the cost of evaluating both policies."""
     source, out = Path(source), Path(out)

@@ -76,6 +76,22 @@ def _tokens_per_s(rows: list[dict[str, Any]]) -> float | None:
     return round(tokens / seconds, 2) if seconds > 0 else None
 
 
+def _speculation(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Speculative decoding's counts: draft tokens checked, kept, and the share kept."""
+    stages = [s for r in rows for s in r.get("stages", [])]
+    drafted = sum(int(s.get("drafted_tokens") or 0) for s in stages)
+    if not drafted:
+        return None
+    accepted = sum(int(s.get("accepted_tokens") or 0) for s in stages)
+    generated = sum(int(s.get("completion_tokens") or 0) for s in stages)
+    return {
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance": round(accepted / drafted, 4),
+        "accepted_share_of_generated": round(accepted / generated, 4) if generated else None,
+    }
+
+
 def verdict_confusion(
     rows: list[dict[str, Any]], problems: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
@@ -126,6 +142,7 @@ def summarize(
         "verdicts": verdict_confusion(rows, problems),
         "latency_ms": _latency(rows),
         "decode_tokens_per_s": _tokens_per_s(rows),
+        "speculative": _speculation(rows),
         "errors": sum(1 for r in rows if r.get("error")),
     }
 

@@ -32,6 +32,8 @@ class StageResult:
     ttft_ms: float
     stop_reason: str  # "stop" (an end-of-generation token) | "length" (max_new_tokens)
     reused_tokens: int = 0  # prompt tokens taken from the KV cache
+    drafted_tokens: int = 0  # speculative decoding: draft tokens checked, and of those ...
+    accepted_tokens: int = 0  # ... the ones greedy decoding kept (each saves a decode pass)
     verdict: str | None = None
     answer: str | None = None
 

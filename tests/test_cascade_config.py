@@ -110,12 +110,13 @@ def test_eval_config_derives_the_cascade_config_with_its_own_keys() -> None:
     assert eval_config.cascade_config() == CascadeConfig(
         policy="cot", max_new_tokens=9, captions=True, threads=1
     )
-    # the manifest's keys (what --resume and the pipeline's stamps compare) are as before
+    # the manifest's keys (what --resume and the pipeline's stamps compare)
     assert list(eval_config.to_dict()) == [
         "model", "bench", "out", "backend", "policy", "split", "limit", "max_new_tokens", "quant",
-        "captions", "name", "threads", "resume",
+        "captions", "name", "threads", "draft_tokens", "resume",
     ]  # fmt: skip
-    for name in ("backend", "policy", "max_new_tokens", "threads"):
+    assert EvalConfig(bench="b", draft_tokens=0).cascade_config().draft_tokens == 0
+    for name in ("backend", "policy", "max_new_tokens", "threads", "draft_tokens"):
         shared = EvalConfig.__dataclass_fields__[name]
         assert shared.default == CascadeConfig.__dataclass_fields__[name].default
     # --quant loads a variant where the backend takes one; elsewhere it only labels the report
@@ -136,7 +137,7 @@ def test_cascade_takes_a_config_or_keywords_that_build_one(tiny_llama) -> None:
     one = by_config.solve(None, "What is the area?", **PROBLEM)
     other = by_keywords.solve(None, "What is the area?", **PROBLEM)
     assert [s.text for s in one.stages] == [s.text for s in other.stages]
-    assert one.options == {"max_new_tokens": 3, "captions": False}
+    assert one.options == {"max_new_tokens": 3, "captions": False, "draft_tokens": 8}
     with pytest.raises(ConfigError, match="unknown option.s. beams, max_tokens; expected some"):
         Cascade(tiny_llama, max_tokens=3, beams=2)
     with pytest.raises(ConfigError, match="config must be a CascadeConfig, found str"):

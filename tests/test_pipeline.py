@@ -12,6 +12,7 @@ import pytest
 
 from casseat_cli.pipeline import PipelineConfig
 from casseat_cli.pipeline_stages import Context
+from casseat_edge.allocator import mimalloc_library
 from casseat_edge.errors import ConfigError
 
 
@@ -62,6 +63,9 @@ def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
     assert set(headline["accuracy"]) == {"cot", "cas-seat"}
     assert set(summary["stages"]["export"]) - {"seconds"} == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
     assert summary["stages"]["train"]["cas-seat"]["steps"] == 3
+    # the CLI re-executed itself with mimalloc preloaded (casseat_cli.launch), where installed
+    expected = "mimalloc" if mimalloc_library() else "system"
+    assert summary["stages"]["train"]["cas-seat"]["allocator"] == expected
     assert "Exports" in (report / "report.md").read_text()
     cots = [run for run in summary["stages"]["eval"] if run.endswith("-cot")]
     assert len(cots) == len(config.evaluate)

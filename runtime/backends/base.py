@@ -6,7 +6,9 @@ engine. Every turn is rendered through the one preprocessing path (`casseat_edge
 the whole conversation so far, so the model sees exactly the prompt it was trained on. With KV
 reuse, the tokens of the earlier turns are not re-evaluated: the new turn's token ids are the ids
 the model already holds (prompt + its own generated ids) followed by the tokenized text the chat
-template adds after the previous reply, and only those are prefilled.
+template adds after the previous reply, and only those are prefilled. With a drafter
+(`runtime.draft.NgramDrafter`, greedy decoding only), a decode pass evaluates the last token and a
+draft after it in one `Engine.verify` call and keeps what greedy decoding would have chosen.
 
     conv = Conversation(engine)
     out1 = conv.turn(stage1_msgs, image=image, caption=caption, max_new_tokens=256)
@@ -55,6 +57,8 @@ class TurnOutput:
     ttft_ms: float
     stop_reason: str
     retokenized: bool  # the template rewrote earlier turns: the conversation was re-encoded
+    drafted_tokens: int = 0  # speculative decoding: draft tokens checked ...
+    accepted_tokens: int = 0  # ... and how many of them greedy decoding kept
 
 
 class Engine(abc.ABC):
@@ -100,6 +104,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def step(self, token: int, position: int) -> np.ndarray:
         """Evaluate one token at `position`; its logits."""
+
+    def verify(self, tokens: list[int], position: int) -> np.ndarray | None:
+        """Evaluate `tokens` at `position`, `position + 1`, ... in one forward pass (speculative
+        decoding checks a draft this way); the logits after each, [len(tokens), vocab]. The
+        caller truncates the cache to what it keeps. None: this backend steps one at a time."""
+        return None
 
     @abc.abstractmethod
     def model_bytes(self) -> int: ...
@@ -165,9 +175,14 @@ def check_context(prompt_tokens: int, max_new_tokens: int, n_ctx: int) -> None:
 class Conversation:
     """One conversation on an engine: the ids and text so far and how much of it is in the cache."""
 
-    def __init__(self, engine: Engine, kv_reuse: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, kv_reuse: bool = True, drafter: Any = None, draft_tokens: int = 0
+    ) -> None:
         self.engine = engine
         self.kv_reuse = kv_reuse
+        # speculative decoding (greedy only): drafts of up to `draft_tokens` from `drafter`
+        speculate = drafter is not None and draft_tokens > 0 and engine.temperature <= 0
+        self.drafter, self.draft_tokens = (drafter, draft_tokens) if speculate else (None, 0)
         self.ids: list[int] = []
         self.text = ""
         self.cached = 0
@@ -198,8 +213,12 @@ class Conversation:
         encode_ms = self.engine.take_encode_ms()
         ttft_ms = (time.perf_counter() - start) * 1e3
         streamer = _Streamer(self.engine, on_token) if on_token else None
-        generated, decode_s, stop = self._decode(token, len(target), max_new_tokens, streamer)
+        decoded = _Decoded([token])
+        self._decode(decoded, target, max_new_tokens, streamer)
+        generated, decode_s, stop = decoded.ids, decoded.seconds, decoded.stop
         reply_ids = generated[:-1] if stop == "stop" else generated
+        if self.drafter is not None:
+            self.drafter.observe(reply_ids)
         reply = self.engine.detokenize(reply_ids)
         if streamer:
             streamer.finish(reply)
@@ -220,6 +239,8 @@ class Conversation:
             ttft_ms=ttft_ms,
             stop_reason=stop,
             retokenized=retokenized,
+            drafted_tokens=decoded.drafted,
+            accepted_tokens=decoded.accepted,
         )
 
     def _target_ids(
@@ -243,22 +264,74 @@ class Conversation:
         check_context(prompt_tokens, max_new_tokens, self.engine.n_ctx)
 
     def _decode(
-        self, token: int, position: int, max_new_tokens: int, streamed: _Streamer | None
-    ) -> tuple[list[int], float, str]:
-        generated = [token]
-        decode_s = 0.0
+        self,
+        out: _Decoded,
+        target: list[int],
+        max_new_tokens: int,
+        streamed: _Streamer | None,
+    ) -> None:
+        """Decode after the prompt `target` until a stop token or the budget; `out.ids` starts
+        with the prefill's token. Each pass evaluates the last token (not yet in the cache) at
+        `position`, with a draft after it where one is likely."""
+        engine, generated = self.engine, out.ids
+        position = len(target)
         while True:
-            if self.engine.is_stop(token):
-                return generated, decode_s, "stop"
+            if engine.is_stop(generated[-1]):
+                out.stop = "stop"
+                return
             if streamed:
                 streamed.push(generated)
             if len(generated) >= max_new_tokens:
-                return generated, decode_s, "length"
+                out.stop = "length"
+                return
             t0 = time.perf_counter()
-            token = self.engine.choose(self.engine.step(token, position))
-            decode_s += time.perf_counter() - t0
-            position += 1
-            generated.append(token)
+            new = self._speculate(out, target, max_new_tokens, position)
+            if new is None:
+                new = [engine.choose(engine.step(generated[-1], position))]
+            out.seconds += time.perf_counter() - t0
+            position += len(new)
+            generated += new
+
+    def _speculate(
+        self, out: _Decoded, target: list[int], max_new_tokens: int, position: int
+    ) -> list[int] | None:
+        """One pass over the last token and a draft: the tokens greedy decoding picks (the
+        draft's longest matching prefix, then its own next one, cut after a stop token), with
+        the cache truncated to what they were evaluated on. None: no draft, or no `verify`."""
+        room = min(self.draft_tokens, max_new_tokens - len(out.ids) - 1)
+        if self.drafter is None or room <= 0:
+            return None
+        tail = self.drafter.max_n  # the drafter reads the last few tokens only
+        draft = self.drafter.propose(target[-tail:] + out.ids[-tail:], room)
+        if not draft:
+            return None
+        logits = self.engine.verify([out.ids[-1], *draft], position)
+        if logits is None:
+            self.drafter = None  # this backend cannot check drafts: plain steps from now on
+            return None
+        new: list[int] = []
+        for row, proposed in zip(logits, [*draft, None]):
+            token = self.engine.choose(row)
+            new.append(token)
+            if token != proposed or self.engine.is_stop(token):
+                break
+        out.drafted += len(draft)
+        out.accepted += sum(1 for token, proposed in zip(new, draft) if token == proposed)
+        # kept in the cache: the last token and the accepted draft tokens (`new` minus its last)
+        self.engine.truncate(position + len(new))
+        return new
+
+
+@dataclasses.dataclass
+class _Decoded:
+    """What `_decode` produced: the ids (with a final stop token, if any), the time the decode
+    passes took, why it stopped, and the speculative-decoding counts."""
+
+    ids: list[int]
+    seconds: float = 0.0
+    stop: str = ""
+    drafted: int = 0
+    accepted: int = 0
 
 
 class _Streamer:

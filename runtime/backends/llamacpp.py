@@ -101,6 +101,10 @@ class LlamaCppEngine(Engine):
         assert position == len(self.session.ids), (position, len(self.session.ids))
         return self.session.step(token)
 
+    def verify(self, tokens: list[int], position: int) -> np.ndarray:
+        assert position == len(self.session.ids), (position, len(self.session.ids))
+        return self.session.eval(self.session.ids + tokens, position, all_logits=True)
+
     def take_encode_ms(self) -> float | None:
         return self.session.take_encode_ms() if self.vision else None
 

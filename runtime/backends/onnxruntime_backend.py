@@ -85,13 +85,19 @@ class OrtEngine(HfTokenizerHooks, Engine):
     def step(self, token: int, position: int) -> np.ndarray:
         return self._forward([*self.ids[:position], token], position, None)
 
-    def _forward(self, ids: list[int], start: int, extra: dict[str, Any] | None) -> np.ndarray:
+    def verify(self, tokens: list[int], position: int) -> np.ndarray:
+        return self._forward([*self.ids[:position], *tokens], position, None, every=True)
+
+    def _forward(
+        self, ids: list[int], start: int, extra: dict[str, Any] | None, every: bool = False
+    ) -> np.ndarray:
+        """The last position's logits, or with `every` those of each evaluated one."""
         cached = 0 if self.past is None else self.past[0].shape[2]
         if cached != start:
             raise RuntimeError(f"KV cache holds {cached} positions, asked to continue at {start}")
         logits, self.past = self.runner.forward(ids, start, self.past, extra)
         self.ids = ids
-        return logits[-1]
+        return logits if every else logits[-1]
 
     def take_encode_ms(self) -> float | None:
         if not self.vision:

@@ -3,7 +3,7 @@
 Stage 2 continues from stage 1's `DynamicCache`: the cache is cropped to the common prefix of the
 conversation's ids and only the new tokens are prefilled, with explicit `cache_position`s (which
 Qwen2-VL also needs for its multimodal rotary positions). Only the last position's logits are
-computed (`logits_to_keep=1`). The vision tower's time is measured with forward hooks, so
+computed (`logits_to_keep=1`; a speculative draft's check, those of the draft). The vision tower's time is measured with forward hooks, so
 `encode_ms` is reported separately from prefill.
 """
 
@@ -63,9 +63,9 @@ class TorchEngine(HfTokenizerHooks, Engine):
         self._stops = _stop_ids(self.model, self.tokenizer)
         self._image_ids = _image_token_ids(config)
         self.cache: Any = None
-        # only the last position's logits are needed; not every family's forward takes the knob
+        # only the last positions' logits are needed; not every family's forward takes the knob
         accepted = inspect.signature(self.model.forward).parameters
-        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self._keep = "logits_to_keep" in accepted
         self._encode_s = 0.0
         self._hook_vision()
 
@@ -110,7 +110,13 @@ class TorchEngine(HfTokenizerHooks, Engine):
     def step(self, token: int, position: int) -> np.ndarray:
         return self._forward([token], position, {})
 
-    def _forward(self, ids: list[int], start: int, extra: dict[str, Any]) -> np.ndarray:
+    def verify(self, tokens: list[int], position: int) -> np.ndarray:
+        return self._forward(tokens, position, {}, rows=len(tokens))
+
+    def _forward(
+        self, ids: list[int], start: int, extra: dict[str, Any], rows: int = 1
+    ) -> np.ndarray:
+        """Logits of the last position, or of the last `rows` ones ([rows, vocab])."""
         torch = self._torch
         end = start + len(ids)
         with torch.inference_mode():
@@ -120,11 +126,12 @@ class TorchEngine(HfTokenizerHooks, Engine):
                 past_key_values=self.cache,
                 cache_position=torch.arange(start, end, device=self.device),
                 use_cache=True,
-                **self._keep,
+                **({"logits_to_keep": rows} if self._keep else {}),
                 **extra,
             )
         self.cache = out.past_key_values
-        return out.logits[0, -1].float().cpu().numpy()
+        logits = out.logits[0, -rows:].float().cpu().numpy()
+        return logits if rows > 1 else logits[-1]
 
     def model_bytes(self) -> int:
         tensors = [*self.model.parameters(), *self.model.buffers()]

@@ -162,9 +162,10 @@ class TurnConversation:
 
 
 def open_conversation(
-    engine: Engine | TurnEngine, kv_reuse: bool = True
+    engine: Engine | TurnEngine, kv_reuse: bool = True, drafter: Any = None, draft_tokens: int = 0
 ) -> Conversation | TurnConversation:
-    """The conversation driver for an engine: token-level or turn-level."""
+    """The conversation driver for an engine: token-level (with speculative decoding from
+    `drafter` where `draft_tokens` > 0) or turn-level (vLLM schedules its own decoding)."""
     if isinstance(engine, TurnEngine):
         return TurnConversation(engine, kv_reuse=kv_reuse)
-    return Conversation(engine, kv_reuse=kv_reuse)
+    return Conversation(engine, kv_reuse, drafter, draft_tokens)

@@ -33,6 +33,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from casseat_edge.allocator import allocator_in_use
 from casseat_edge.artifacts import (
     check_out_dir,
     prepare_out_dir,
@@ -269,6 +270,7 @@ def _summary(config, dataset, trainer, recorder, result, identity) -> dict[str, 
         "train_loss": round(float(result.training_loss), 6),
         "tokens_per_s": recorder.tokens_per_s(),
         "train_seconds": round(recorder.elapsed(), 3),
+        "allocator": allocator_in_use(),
         "world_size": trainer.args.world_size,
         "process_index": trainer.args.process_index,
         "quantized_layers": count_quantized(trainer.model),

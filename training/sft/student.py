@@ -255,7 +255,7 @@ def phase_config(
 
 
 def _phase(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("samples", "steps", "epochs", "first_loss", "final_loss", "tokens_per_s")
+    keys = ("samples", "steps", "epochs", "first_loss", "final_loss", "tokens_per_s", "allocator")
     return {**{k: summary[k] for k in keys}, "seconds": summary["train_seconds"]}
 
 
