@@ -7,7 +7,8 @@ problems the tokens that followed the last few tokens before are a good guess fo
 next token followed it, and drafts by chaining the majority continuation (seen at least twice,
 more than half of the time), longest context first. The engine then checks the whole draft in one
 forward pass (`Engine.verify`) and greedy decoding keeps the longest prefix that matches its own
-choices, plus one token of its own: the text is greedy decoding's, in fewer passes.
+choices, plus one token of its own: the text is greedy decoding's, in fewer passes, up to the
+last bits of a batch's arithmetic, which can flip a near tie (measured in the README).
 
     drafter = NgramDrafter()
     drafter.observe(reply_ids)            # after each turn

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casseat_edge.preprocess import render_prompt
 from casseat_edge.prompts import assistant, stage1_messages, stage2_messages
 from runtime import Cascade
-from runtime.backends import Conversation, Encoded, Engine
+from runtime.backends import Conversation, Engine
 from runtime.draft import NgramDrafter
 from tests.test_cross_backend import CAPTION, PROBLEM, image_for, open_engine
+from tests.test_runtime import ScriptedEngine
 
 
 def test_drafter_drafts_majority_continuations_longest_context_first():
@@ -48,45 +48,15 @@ def test_drafter_table_is_bounded():
 
 
 # ---------------------------------------------------------------- a scripted engine
-class PositionEngine(Engine):
-    """Characters are tokens (id = code point, 0 = stop). Each turn's reply is fixed at its
-    prefill; the logits at a position are the reply's next character there, so a draft is
-    right exactly where it matches the reply. Counts passes and checks the cache bookkeeping."""
-
-    name = "scripted"
-    extra_name = "-"
-    n_ctx = 100_000
-    spec = "scripted"
-
-    class arch:  # noqa: N801 - stands in for an ArchSpec class
-        vision = False
-
-    class processor:  # noqa: N801
-        @staticmethod
-        def apply_chat_template(messages, tokenize=False, add_generation_prompt=True) -> str:
-            text = "".join(f"<{m['role']}>{m['content']}</>" for m in messages)
-            return text + ("<assistant>" if add_generation_prompt else "")
+class PositionEngine(ScriptedEngine):
+    """test_runtime's scripted engine (characters are tokens, 0 = stop), with each turn's reply
+    fixed at its prefill and the logits at a position the reply's next character there, so a
+    draft is right exactly where it matches the reply. Counts passes and checks the cache."""
 
     def __init__(self, replies: list[str], can_verify: bool = True) -> None:
-        super().__init__()
-        self.replies, self.can_verify = list(replies), can_verify
-        self.cache, self.start, self.reply = 0, 0, ""
+        super().__init__(replies)
+        self.can_verify, self.start = can_verify, 0
         self.passes = {"prefill": 0, "step": 0, "verify": 0}
-
-    def encode(self, messages, image, caption) -> Encoded:
-        return Encoded(self.tokenize(render_prompt(self.processor, self.arch, messages, caption)))
-
-    def tokenize(self, text: str) -> list[int]:
-        return [ord(c) for c in text]
-
-    def detokenize(self, ids: list[int]) -> str:
-        return "".join(chr(i) for i in ids)
-
-    def is_stop(self, token: int) -> bool:
-        return token == 0
-
-    def truncate(self, n_tokens: int) -> None:
-        self.cache = min(self.cache, n_tokens)
 
     def _logits(self, position: int) -> np.ndarray:
         """After the token at `position`: the reply's character at that offset (stop after)."""
@@ -114,9 +84,6 @@ class PositionEngine(Engine):
         self.passes["verify"] += 1
         self.cache += len(tokens)
         return np.stack([self._logits(position + i) for i in range(len(tokens))])
-
-    def model_bytes(self) -> int:
-        return 0
 
 
 REPLIES = [
