@@ -155,8 +155,9 @@ def test_sampling_does_not_speculate():
 # ---------------------------------------------------------------- real backends
 @pytest.mark.parametrize(
     "backend, model",
-    [("torch", "tiny:llama"), ("torch", "tiny:smolvlm"), ("llama.cpp", "tiny:llama"),
-     ("llama.cpp", "tiny:smolvlm"), ("onnxruntime", "tiny:llama")],
+    [("torch", "tiny:llama"), ("torch", "tiny:smolvlm"), ("torch", "tiny:qwen2vl"),
+     ("llama.cpp", "tiny:llama"), ("llama.cpp", "tiny:smolvlm"), ("llama.cpp", "tiny:qwen2vl"),
+     ("onnxruntime", "tiny:llama"), ("onnxruntime", "tiny:smolvlm")],
 )  # fmt: skip
 def test_real_backends_keep_greedy_text_and_accept_drafts(backend: str, model: str):
     engine = open_engine(backend, model)
