@@ -224,6 +224,7 @@ def export_stage(ctx: Context) -> dict[str, Any]:
 
 def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any]:
     from casseat_edge.registry import EXPORTERS
+    from export.gguf.config import FLOAT_QUANTS
 
     student = ctx.students[name]
     weights = {"student": _weights_hash(student)}
@@ -236,7 +237,15 @@ def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any
     gguf, bnb = EXPORTERS.get("gguf"), EXPORTERS.get("bnb")
     for quant in (q for b, q in sorted(wanted) if b == "llama.cpp"):
         path, key = root / f"gguf-{quant}", f"{prefix}gguf-{quant}"
-        cfg = gguf.config_class(model=str(student), out=str(path), quant=quant, overwrite=True)
+        calibrate = ctx.config.gptq and quant not in FLOAT_QUANTS
+        cfg = gguf.config_class(
+            model=str(student),
+            out=str(path),
+            quant=quant,
+            overwrite=True,
+            gptq=str(_synth_dir(ctx, name)) if calibrate else "",
+            calibration_samples=ctx.config.calibration_samples,
+        )
         summary = _export(ctx, key, path, cfg, weights, gguf.export)
         text = next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
         ctx.artifacts.append(Artifact(name, "llama.cpp", quant, str(path / text), path))
@@ -309,6 +318,8 @@ def _export_rows(key: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
                 "verified": bool(own) and all(c.get("passed") for c in own),
                 "checks": [c.get("check") for c in own],
                 "failed": [c.get("check") for c in own if not c.get("passed")],
+                # GGUF tensors GPTQ re-rounded (None: llama.cpp's rounding only)
+                "gptq_tensors": (summary.get("gptq") or {}).get("tensors"),
             }
         )
     return rows

@@ -104,8 +104,8 @@ def test_gguf_tables_follow_the_entries():
 def test_gguf_text_and_mmproj_lookups_use_the_entry(name, arch):
     from types import SimpleNamespace
 
+    from casseat_edge.formats.ggml_quant import text_arch
     from export.gguf.mmproj import MMPROJ_PROJECTORS, mmproj_spec
-    from export.gguf.text import text_arch
 
     model = SimpleNamespace(config=SimpleNamespace(architectures=[name]))
     assert text_arch(SimpleNamespace(model=model, arch=None)) is arch
@@ -165,8 +165,9 @@ def test_llama_cpp_projector_facts_agree_with_mtmd():
 def test_unknown_architectures_name_what_is_supported():
     from types import SimpleNamespace
 
+    from casseat_edge.formats.ggml_quant import text_arch
     from export.gguf.mmproj import has_mmproj, mmproj_spec
-    from export.gguf.text import supported_text_archs, text_arch
+    from export.gguf.text import supported_text_archs
     from export.onnx.graphs import family_for, onnx_architectures
     from training.sft.model import parts_for
 

@@ -77,8 +77,8 @@ def weighted_errors(source: Path, quantized: Path, imatrix) -> dict[str, float]:
 
 
 def test_computed_under_gguf_names_as_mean_squared_inputs(synth_dir):
+    from casseat_edge.formats.ggml_quant import gguf_linear_names
     from export.gguf.imatrix import compute_imatrix
-    from export.gguf.text import gguf_linear_names
 
     loaded = load_model("tiny:smolvlm")
     imatrix = compute_imatrix(loaded, synth_dir, limit=4)

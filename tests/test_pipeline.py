@@ -63,6 +63,10 @@ def test_fast_pipeline_runs_every_stage_and_writes_the_report(fast_run):
     assert set(headline["accuracy"]) == {"cot", "cas-seat"}
     assert set(summary["stages"]["export"]) - {"seconds"} == {"gguf-q8_0", "gguf-q4_k_m", "onnx"}
     assert summary["stages"]["train"]["cas-seat"]["steps"] == 3
+    # GPTQ re-rounded q4_k_m's q5_0 tensors (576-wide rows: most of them); q8_0 has none
+    exports = summary["stages"]["export"]
+    assert exports["gguf-q4_k_m"][0]["gptq_tensors"] >= 150
+    assert exports["gguf-q8_0"][0]["gptq_tensors"] == 0
     # the CLI re-executed itself with mimalloc preloaded (casseat_cli.launch), where installed
     expected = "mimalloc" if mimalloc_library() else "system"
     assert summary["stages"]["train"]["cas-seat"]["allocator"] == expected

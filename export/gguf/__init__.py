@@ -28,7 +28,7 @@ from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import ArchSpec, arch_names, load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
 from export.gguf.config import MMPROJ_QUANTS, TEXT_QUANTS, GgufExportConfig
-from export.gguf.gptq import gptq_rewrite, input_covariances
+from export.gguf.gptq import Covariances, gptq_rewrite, gptq_targets, input_covariances
 from export.gguf.imatrix import (
     IMATRIX_FILE,
     Imatrix,
@@ -163,8 +163,13 @@ def _write_text(loaded: Any, out: Path, config: GgufExportConfig) -> tuple[Path,
         name = info["file"] if info else ""
         quantize_gguf(tmp, target, config.quant, config.threads, imatrix, name)
         gptq = None
-        if config.gptq:
-            covariances = input_covariances(loaded, config.gptq, config.calibration_samples)
+        if config.gptq:  # only the q5_0 / q4_0 tensors llama.cpp made need input covariances
+            targets = gptq_targets(target)
+            covariances = (
+                input_covariances(loaded, config.gptq, config.calibration_samples, names=targets)
+                if targets
+                else Covariances({}, {}, 0)
+            )
             gptq = gptq_rewrite(tmp, target, covariances)
         return target, {"imatrix": info, "gptq": gptq}
     finally:

@@ -48,20 +48,29 @@ class Covariances:
         return self.sums[name] / max(self.counts[name], 1)
 
 
+def gptq_targets(quantized: str | Path) -> set[str]:
+    """The tensors of a quantized GGUF that `gptq_rewrite` re-rounds (its q5_0 / q4_0 ones)."""
+    import gguf
+
+    return {t.name for t in gguf.GGUFReader(str(quantized)).tensors if t.tensor_type.name in GRIDS}
+
+
 def input_covariances(
     loaded: Any,
     data: str | Path,
     limit: int = 64,
     progress: Callable[[int, int], None] | None = None,
+    names: set[str] | None = None,
 ) -> Covariances:
-    """x x^T of every decoder linear layer's input over `limit` samples of a synth directory.
-    The tied lm_head (token_embd) is skipped: llama.cpp gives it q6_k (q8_0 where its rows do
-    not fit K-quant blocks), types GPTQ here does not re-round."""
+    """x x^T of every decoder linear layer's input (of those GGUF `names` only, when given) over
+    `limit` samples of a synth directory. The tied lm_head (token_embd) is skipped: llama.cpp
+    gives it q6_k (q8_0 where its rows do not fit K-quant blocks), types GPTQ here does not
+    re-round."""
     sums: dict[str, Any] = {}
     last: list[Any] = [None, None]  # q/k/v and gate/up read one tensor: one product for all
 
     def collect(name: str, x: Any) -> None:
-        if name == "token_embd.weight":
+        if name == "token_embd.weight" or (names is not None and name not in names):
             return
         if last[0] is not x:  # holding x keeps its identity unique while it is compared
             flat = x.reshape(-1, x.shape[-1]).float()
@@ -117,7 +126,7 @@ def gptq_rewrite(
 def output_error(approx: np.ndarray, weights: np.ndarray, h: np.ndarray) -> float:
     """sum over rows of e H e^T: the mean squared output error over the calibration inputs."""
     diff = approx.astype(np.float64) - weights
-    return float(np.einsum("ij,jk,ik->", diff, h, diff))
+    return float(((diff @ h) * diff).sum())  # einsum "ij,jk,ik->" loops naively: 20x slower
 
 
 def gptq_blocks(weights: np.ndarray, h: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:

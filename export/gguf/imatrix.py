@@ -98,7 +98,7 @@ def run_calibration(
     Returns tokens per name, the longest conversation and the number of conversations run."""
     import torch
 
-    from export.gguf.text import gguf_linear_names
+    from casseat_edge.formats.ggml_quant import gguf_linear_names
 
     conversations = calibration_conversations(data, limit, _trained_with_captions(loaded))
     names = gguf_linear_names(loaded)

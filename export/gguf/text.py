@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import UnsupportedArchError
-from casseat_edge.models import ArchSpec, arch_names, supported_arch
+from casseat_edge.formats.ggml_quant import text_arch
+from casseat_edge.models import ArchSpec, arch_names
 
 # llama.cpp token types (llama_token_type)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -50,12 +51,6 @@ def supported_text_archs() -> list[str]:
     return arch_names(has_text_gguf)
 
 
-def text_arch(loaded: Any) -> type[ArchSpec]:
-    """The architecture entry of a loaded model's decoder (its config's `architectures[0]`)."""
-    architecture = (loaded.model.config.architectures or [loaded.arch.architecture])[0]
-    return supported_arch(architecture, "GGUF export", has_text_gguf)
-
-
 def text_source(loaded: Any) -> TextSource:
     """Extract the decoder of a loaded HF model (`casseat_edge.models.LoadedModel`)."""
     model = loaded.model
@@ -73,33 +68,6 @@ def text_source(loaded: Any) -> TextSource:
     return TextSource(
         name, gguf_model_name(loaded.ref.spec), tensors, hparams, loaded.tokenizer, template
     )
-
-
-def gguf_linear_names(loaded: Any) -> dict[str, str]:
-    """Every linear layer of the decoder (module name in the loaded model) -> the GGUF weight it
-    becomes; a tied lm_head is `token_embd.weight`, the tensor llama.cpp multiplies by then."""
-    import gguf
-    import torch
-
-    arch = text_arch(loaded)
-    config = loaded.model.config.get_text_config()
-    blocks = config.num_hidden_layers
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.gguf_arch), blocks)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    prefix = arch.text_prefix + "."
-    out = {}
-    for module_name, module in loaded.model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if module_name == arch.lm_head:
-            out[module_name] = "token_embd.weight" if tied else "output.weight"
-        elif module_name.startswith(prefix):
-            hf = "model." + module_name[len(prefix) :] + ".weight"
-            new = names.get_name(hf, try_suffixes=(".weight",))
-            if new is None:
-                raise UnsupportedArchError(f"{hf!r} has no llama.cpp name for {arch.gguf_arch}")
-            out[module_name] = new
-    return out
 
 
 def gguf_model_name(spec: str) -> str:

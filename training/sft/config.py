@@ -47,6 +47,12 @@ class SFTConfig(StageConfig):
         "LoRA on the top this many decoder layers only (0: all); the layers below get no "
         "adapters and need no backward pass: faster steps",
     )
+    qat: str = option(
+        "",
+        "quantization-aware LoRA: train as the GGUF of this type (q8_0, q5_0, q4_0, q4_k_m) "
+        "will run, each adapted matrix rounded as llama.cpp rounds it after the merge "
+        "(straight-through gradient); '' (default): plain float training",
+    )
     freeze_vision: bool = option(True, "keep the vision tower frozen (no adapters, no updates)")
     freeze_connector: bool = option(
         False, "keep the vision-to-text connector frozen (else trained fully, also under LoRA)"
@@ -116,6 +122,18 @@ class SFTConfig(StageConfig):
             raise ConfigError(
                 "--freeze-vision/--freeze-connector/--freeze-lm: nothing left to train"
             )
+        if self.qat:
+            from casseat_edge.formats.ggml_quant import QAT_TYPES
+
+            if self.qat not in QAT_TYPES:
+                raise ConfigError(
+                    f"--qat: no llama.cpp rounding recipe for {self.qat!r} here; choose one of "
+                    + ", ".join(QAT_TYPES)
+                )
+            if self.method != "lora":
+                raise ConfigError(
+                    "--qat: only with --method lora (the adapter learns the rounding)"
+                )
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite: pick one")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from casseat_edge.errors import BackendUnavailableError, ConfigError
+from casseat_edge.errors import BackendUnavailableError, ConfigError, UnsupportedArchError
 from casseat_edge.models import ArchSpec, LoadedModel, load_model, resolve_model, supported_arch
 from training.sft.config import SFTConfig
 
@@ -50,7 +50,12 @@ def prepare_model(config: SFTConfig) -> LoadedModel:
     if config.method == "full":
         _freeze(loaded.model, parts, trainable_parts(config))
     else:
+        types = _qat_types(config, loaded)
         loaded.model = add_lora(loaded.model, config, parts)
+        if types:
+            from training.sft.qat import attach_qat
+
+            attach_qat(loaded.model, types, config.qat)
     if config.gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -59,6 +64,18 @@ def prepare_model(config: SFTConfig) -> LoadedModel:
     if not any(p.requires_grad for p in loaded.model.parameters()):
         raise ConfigError("--freeze-*/--target-modules: no parameter is left to train")
     return loaded
+
+
+def _qat_types(config: SFTConfig, loaded: LoadedModel) -> dict[str, str]:
+    """--qat: the GGML type of every decoder matrix (read before peft renames the modules)."""
+    if not config.qat:
+        return {}
+    from casseat_edge.formats.ggml_quant import tensor_types
+
+    try:
+        return tensor_types(config.qat, loaded)
+    except UnsupportedArchError as error:
+        raise ConfigError(f"--qat: {error}") from None
 
 
 def load_base(spec: str, quantized: bool = False) -> LoadedModel:

@@ -274,10 +274,16 @@ def _summary(config, dataset, trainer, recorder, result, identity) -> dict[str, 
         "world_size": trainer.args.world_size,
         "process_index": trainer.args.process_index,
         "quantized_layers": count_quantized(trainer.model),
+        "qat": _qat_summary(trainer.model),
         "trainable_params": _count(trainer.model, trainable=True),
         "total_params": _count(trainer.model, trainable=False),
         "data": identity["inputs"]["data"],
     }
+
+
+def _qat_summary(model: Any) -> dict[str, Any] | None:
+    qat = getattr(model, "casseat_qat", None)
+    return qat.summary() if qat is not None else None
 
 
 def _manifest_extra(summary: dict[str, Any]) -> dict[str, Any]:

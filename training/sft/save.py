@@ -28,6 +28,9 @@ def save_outputs(
     rates: dict[int, float],
 ) -> None:
     """Everything a finished run leaves in `out` except the manifest."""
+    qat = getattr(loaded.model, "casseat_qat", None)
+    if qat is not None:  # the saved model is the plain one; llama.cpp rounds it on export
+        qat.detach()
     if config.method == "full":
         save_model_dir(loaded.model, loaded.ref.path, out)
     else:

@@ -84,6 +84,11 @@ class StudentConfig(StageConfig):
         "LoRA on the top this many decoder layers only, the vision tower and connector frozen "
         "(faster steps; 0: every layer, and the connector trained)",
     )
+    qat: str = option(
+        "",
+        "quantization-aware LoRA for this GGUF type (q8_0, q5_0, q4_0, q4_k_m): the adapter "
+        "trains on the weights as llama.cpp will round them ('': plain float training)",
+    )
     lr: float = option(1e-3, "peak learning rate (linear decay)")
     warmup_lr: float = option(2e-3, "peak learning rate of the reading warm-up")
     max_length: int = option(1024, "longest sample in tokens (longer ones are skipped)")
@@ -138,6 +143,8 @@ class StudentConfig(StageConfig):
             raise ConfigError(
                 "--steps and --batch-size must be >= 1, --warmup-steps and --caption-eval >= 0"
             )
+        if self.qat and self.method != "lora":
+            raise ConfigError("--qat: only with --method lora (the adapter learns the rounding)")
         if self.lora_r < 1 or self.lora_layers < 0:
             raise ConfigError("--lora-r must be >= 1 and --lora-layers >= 0")
         if not (0 < self.lr < float("inf") and 0 < self.warmup_lr < float("inf")):
@@ -251,11 +258,13 @@ def phase_config(
         overwrite=True,
         captions=not warmup,
         learn_stage1=config.learn_stage1 and not warmup,
+        qat=config.qat if lora else "",
     )
 
 
 def _phase(summary: dict[str, Any]) -> dict[str, Any]:
-    keys = ("samples", "steps", "epochs", "first_loss", "final_loss", "tokens_per_s", "allocator")
+    keys = ("samples", "steps", "epochs", "first_loss", "final_loss", "tokens_per_s")
+    keys += ("allocator", "qat")  # how it ran: the allocator, the quantization-aware type
     return {**{k: summary[k] for k in keys}, "seconds": summary["train_seconds"]}
 
 
