@@ -50,8 +50,8 @@ class PipelineConfig(StageConfig):
         True,
         "re-round the q5_0 / q4_0 tensors of the quantized GGUFs with GPTQ, calibrated on the "
         "student's training samples (q4_k_m of the 135M student: f16's accuracy on the 187 "
-        "held-out problems, where llama.cpp's rounding loses 7 points; about 2 min per file); "
-        "--no-gptq: llama.cpp's rounding",
+        "held-out problems, where llama.cpp's rounding loses 7 points; about 2 min per file; "
+        "not in --fast, which stays CI-sized); --no-gptq: llama.cpp's rounding",
     )
     onnx_quants: tuple[str, ...] = option(
         ("fp32", "int8"), "ONNX variants (one directory; empty: no ONNX export)"
@@ -124,9 +124,10 @@ class PipelineConfig(StageConfig):
         ]
 
     @property
-    def calibration_samples(self) -> int:
-        """Training samples GPTQ calibrates on (--fast: a few, so CI stays short)."""
-        return 8 if self.fast else 64
+    def gptq_samples(self) -> int:
+        """Training samples the GGUF exports' GPTQ calibrates on; 0: no GPTQ (--no-gptq, and
+        --fast, where it would take 50 of the run's 180 seconds)."""
+        return 64 if self.gptq and not self.fast else 0
 
     @property
     def bench_size(self) -> int:

@@ -237,14 +237,14 @@ def _export_student(ctx: Context, name: str, labels: list[str]) -> dict[str, Any
     gguf, bnb = EXPORTERS.get("gguf"), EXPORTERS.get("bnb")
     for quant in (q for b, q in sorted(wanted) if b == "llama.cpp"):
         path, key = root / f"gguf-{quant}", f"{prefix}gguf-{quant}"
-        calibrate = ctx.config.gptq and quant not in FLOAT_QUANTS
+        calibrate = ctx.config.gptq_samples > 0 and quant not in FLOAT_QUANTS
         cfg = gguf.config_class(
             model=str(student),
             out=str(path),
             quant=quant,
             overwrite=True,
             gptq=str(_synth_dir(ctx, name)) if calibrate else "",
-            calibration_samples=ctx.config.calibration_samples,
+            calibration_samples=ctx.config.gptq_samples,
         )
         summary = _export(ctx, key, path, cfg, weights, gguf.export)
         text = next(f["file"] for f in summary["files"] if f.get("role", "text") == "text")
