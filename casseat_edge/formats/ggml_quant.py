@@ -75,12 +75,17 @@ def tensor_types(ftype: str, loaded: Any) -> dict[str, str]:
     return out
 
 
+def has_text_gguf(arch: Any) -> bool:
+    """Whether the architecture entry names the llama.cpp architecture of its decoder."""
+    return arch.gguf_arch is not None
+
+
 def text_arch(loaded: Any) -> Any:
     """The architecture entry of a loaded model's decoder (its config's `architectures[0]`)."""
     from casseat_edge.models import supported_arch
 
     architecture = (loaded.model.config.architectures or [loaded.arch.architecture])[0]
-    return supported_arch(architecture, "GGUF export", lambda arch: arch.gguf_arch is not None)
+    return supported_arch(architecture, "GGUF export", has_text_gguf)
 
 
 def gguf_linear_names(loaded: Any) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import UnsupportedArchError
-from casseat_edge.formats.ggml_quant import text_arch
+from casseat_edge.formats.ggml_quant import has_text_gguf, text_arch
 from casseat_edge.models import ArchSpec, arch_names
 
 # llama.cpp token types (llama_token_type)
@@ -40,11 +40,6 @@ class TextSource:
     hparams: dict[str, Any]
     tokenizer: Any
     chat_template: str | None
-
-
-def has_text_gguf(arch: type[ArchSpec]) -> bool:
-    """Whether the entry names the llama.cpp architecture of its decoder."""
-    return arch.gguf_arch is not None
 
 
 def supported_text_archs() -> list[str]:

@@ -1,7 +1,7 @@
 """Quantization-aware LoRA training (`--qat q4_k_m`): train the model as the GGUF will run it.
 
 A LoRA adapter is tiny next to the rounding of a 4/5-bit GGUF: on the Cas-SEAT student the merged
-update W' - W averages 5% of a q5_0 rounding step per weight, while rounding moves every weight by
+update W' - W averages 3-9% of a q5_0 rounding step per weight, while rounding moves every weight by
 up to half a step. With `--qat FTYPE` each adapted decoder matrix computes its output from
 `fake_quantize(W + BA)` (the weights llama.cpp will store once the adapter is merged and the file
 quantized, `casseat_edge.formats.ggml_quant`), so the loss is the quantized model's loss; the
