@@ -213,6 +213,24 @@ def test_gptq_blocks_pack_to_ggml_bytes_and_beat_rounding_on_correlated_inputs(h
     assert output_error(ours, weights, h) < 0.8 * output_error(nearest, weights, h)
 
 
+def test_gptq_rows_are_independent_so_stacked_tensors_round_as_each_alone():
+    """gptq_rewrite stacks the rows of tensors that share an input (q/k/v) into one problem:
+    bit for bit what each tensor alone would get."""
+    from export.gguf.gptq import gptq_blocks
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(48, 96)), rng.normal(size=(16, 96)) * 3
+    x = rng.normal(size=(500, 96)) @ (rng.normal(size=(96, 96)) * 0.3 + np.eye(96))
+    h = x.T @ x / len(x)
+    q, d = gptq_blocks(np.concatenate([a, b]), h, 16)
+    for rows, alone in [
+        (slice(0, 48), gptq_blocks(a, h, 16)),
+        (slice(48, 64), gptq_blocks(b, h, 16)),
+    ]:
+        np.testing.assert_array_equal(q[rows], alone[0])
+        np.testing.assert_array_equal(d[rows], alone[1])
+
+
 def test_gptq_export_keeps_llama_cpp_types_and_size_with_less_output_error(
     synth_dir, wide_llama, tmp_path
 ):
@@ -238,10 +256,19 @@ def test_gptq_export_keeps_llama_cpp_types_and_size_with_less_output_error(
     export(tmp_path, str(wide_llama), "f32", "f32", verify=False)
     f32 = tensors(tmp_path / "f32" / "model-f32.gguf")
     cov = input_covariances(load_model(str(wide_llama)), synth_dir, 6)
-    for name in cov.sums:  # measured here from the files, not taken from the summary
+    # q/k/v and gate/up read one input: one sum each, so 4 GPTQ problems for 7 tensors
+    assert cov.inputs == {"blk.0.attn_q.weight": "blk.0.attn_q.weight",
+                          "blk.0.attn_k.weight": "blk.0.attn_q.weight",
+                          "blk.0.attn_v.weight": "blk.0.attn_q.weight",
+                          "blk.0.attn_output.weight": "blk.0.attn_output.weight",
+                          "blk.0.ffn_gate.weight": "blk.0.ffn_gate.weight",
+                          "blk.0.ffn_up.weight": "blk.0.ffn_gate.weight",
+                          "blk.0.ffn_down.weight": "blk.0.ffn_down.weight"}  # fmt: skip
+    assert len(cov.sums) == 4
+    for name in cov.inputs:  # measured here from the files, not taken from the summary
         w = np.asarray(f32[name].data, dtype=np.float64)
         mine = gguf.quants.dequantize(got[name].data, got[name].tensor_type)
         plain_w = gguf.quants.dequantize(ref[name].data, ref[name].tensor_type)
         assert output_error(mine, w, cov.mean(name)) < output_error(plain_w, w, cov.mean(name))
-    assert "token_embd.weight" not in cov.sums  # llama.cpp's q6_k rounding stays
+    assert "token_embd.weight" not in cov  # llama.cpp's q6_k rounding stays
     assert got["token_embd.weight"].data.tobytes() == ref["token_embd.weight"].data.tobytes()

@@ -26,12 +26,10 @@ SUPPORTED_PRE = ("smollm", "default", "gpt2")
 
 
 def gguf_fields(path: str | Path, prefix: str | tuple[str, ...] = "") -> dict[str, Any]:
-    """The GGUF's metadata key/values (decoded) whose key starts with `prefix`. Opening a file
-    takes seconds (the reader parses every tensor header), so ask for everything at once."""
-    from gguf import GGUFReader
+    """The GGUF's metadata key/values (decoded) whose key starts with `prefix`."""
+    from casseat_edge.formats.gguf_header import read_gguf_header
 
-    reader = GGUFReader(str(path))
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix)}
+    return read_gguf_header(path, prefix).fields
 
 
 def tokenizer_from_gguf(path: str | Path):

@@ -24,6 +24,7 @@ from typing import Any
 from casseat_edge.artifacts import sha256_file, write_manifest
 from casseat_edge.errors import ModelSpecError, UnsupportedArchError
 from casseat_edge.exporting import Exporter, publish
+from casseat_edge.formats.gguf_header import read_gguf_header
 from casseat_edge.locks import DirectoryLock
 from casseat_edge.models import ArchSpec, arch_names, load_model, resolve_model
 from casseat_edge.registry import EXPORTERS
@@ -212,17 +213,15 @@ def _describe_failure(row: dict[str, Any]) -> str:
 
 def gguf_file_info(path: Path, role: str, quant: str) -> dict[str, Any]:
     """Re-read a written GGUF: size (MB), parameters, bits per weight of the tensor data."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    data_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    tensors = read_gguf_header(path, ()).tensors
+    params = sum(t.n_elements for t in tensors)
+    data_bytes = sum(t.n_bytes for t in tensors)
     size = path.stat().st_size
     return {
         "file": path.name,
         "role": role,
         "type": quant,
-        "tensors": len(reader.tensors),
+        "tensors": len(tensors),
         "params": params,
         "size_mb": round(size / 1e6, 3),
         "bits_per_weight": round(8 * data_bytes / max(params, 1), 3),

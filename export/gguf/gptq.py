@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from casseat_edge.errors import CasseatError
+from casseat_edge.formats.gguf_header import read_gguf_header, tensor_data
 from export.gguf.imatrix import run_calibration
 
 BLOCK = 32
@@ -39,21 +40,25 @@ DAMPING = 0.01  # of the mean diagonal of H, added to it: keeps H invertible (de
 
 @dataclasses.dataclass
 class Covariances:
-    """Per GGUF weight name: sum over calibration tokens of x x^T of its input (float64)."""
+    """Sum over calibration tokens of x x^T of each weight's input (float64), per GGUF weight
+    name. Weights that read one input (q/k/v, gate/up) share one sum: `inputs` maps every name
+    to the name its sum is kept under."""
 
     sums: dict[str, np.ndarray]
     counts: dict[str, int]
     conversations: int
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def __contains__(self, name: str) -> bool:
+        return self.inputs.get(name, name) in self.sums
 
     def mean(self, name: str) -> np.ndarray:
-        return self.sums[name] / max(self.counts[name], 1)
+        return self.sums[self.inputs.get(name, name)] / max(self.counts[name], 1)
 
 
 def gptq_targets(quantized: str | Path) -> set[str]:
     """The tensors of a quantized GGUF that `gptq_rewrite` re-rounds (its q5_0 / q4_0 ones)."""
-    import gguf
-
-    return {t.name for t in gguf.GGUFReader(str(quantized)).tensors if t.tensor_type.name in GRIDS}
+    return {t.name for t in read_gguf_header(quantized, ()).tensors if t.kind.name in GRIDS}
 
 
 def input_covariances(
@@ -68,19 +73,29 @@ def input_covariances(
     gives it q6_k (q8_0 where its rows do not fit K-quant blocks), types GPTQ here does not
     re-round."""
     sums: dict[str, Any] = {}
-    last: list[Any] = [None, None]  # q/k/v and gate/up read one tensor: one product for all
+    inputs: dict[str, str] = {}  # q/k/v and gate/up read one tensor: one product, one sum
+    last: list[Any] = [None, None, ""]  # the input, its x x^T, the first name that read it
 
     def collect(name: str, x: Any) -> None:
         if name == "token_embd.weight" or (names is not None and name not in names):
             return
-        if last[0] is not x:  # holding x keeps its identity unique while it is compared
+        if not _same_tensor(last[0], x):
             flat = x.reshape(-1, x.shape[-1]).float()
-            last[:] = [x, (flat.T @ flat).double()]
-        sums[name] = sums.get(name, 0) + last[1]
+            last[:] = [x, (flat.T @ flat).double(), name]
+        owner = inputs.setdefault(name, last[2])
+        if owner == name:
+            sums[name] = sums[name].add_(last[1]) if name in sums else last[1]
 
-    counts, _, n = run_calibration(loaded, data, limit, collect, progress)
-    last[:] = [None, None]
-    return Covariances({k: v.numpy() for k, v in sums.items()}, counts, n)
+    whole = names is None or "output.weight" in names  # the only input the last layer gives
+    counts, _, n = run_calibration(loaded, data, limit, collect, progress, logits=whole)
+    last[:] = [None, None, ""]
+    return Covariances({k: v.numpy() for k, v in sums.items()}, counts, n, inputs)
+
+
+def _same_tensor(held: Any, x: Any) -> bool:
+    """Whether x views the memory of `held` (the hooks see a fresh `detach()` of one input per
+    layer; holding the first keeps its memory from being reused by another tensor meanwhile)."""
+    return held is not None and held.data_ptr() == x.data_ptr() and held.shape == x.shape
 
 
 def gptq_rewrite(
@@ -88,34 +103,43 @@ def gptq_rewrite(
 ) -> dict[str, Any]:
     """Re-round, in place, every q5_0 / q4_0 tensor of `quantized` that has a covariance, from
     the same tensor in `source_f32` (the file llama.cpp quantized). Returns what changed and the
-    H-weighted output error relative to llama.cpp's rounding (summed over those tensors)."""
+    H-weighted output error relative to llama.cpp's rounding (summed over those tensors).
+
+    Tensors of one type that read one input (q/k/v, gate/up) are one GPTQ problem: GPTQ treats
+    rows independently, so their rows are stacked and H factored once."""
     import gguf
 
-    source = {t.name: t for t in gguf.GGUFReader(str(source_f32)).tensors}
-    reader = gguf.GGUFReader(str(quantized), "r+")
+    source = read_gguf_header(source_f32, ())
+    target = read_gguf_header(quantized, ())
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for tensor in target.tensors:
+        if tensor.kind.name in GRIDS and tensor.name in covariances:
+            key = (covariances.inputs.get(tensor.name, tensor.name), tensor.kind.name)
+            groups.setdefault(key, []).append(tensor)
     rewritten, before, after = 0, 0.0, 0.0
-    for tensor in reader.tensors:
-        kind = tensor.tensor_type.name
-        if kind not in GRIDS or tensor.name not in covariances.sums:
-            continue
-        weights = np.asarray(source[tensor.name].data, dtype=np.float64)
-        weights = weights.reshape(-1, weights.shape[-1])
-        h = covariances.mean(tensor.name)
-        blocks = gptq_blocks(weights, h, GRIDS[kind])
-        packed = pack_blocks(*blocks, half=GRIDS[kind])
-        if packed.nbytes != tensor.data.nbytes:  # a layout change in ggml would land here
-            raise CasseatError(
-                f"{tensor.name}: {packed.nbytes} packed bytes, but the {kind} tensor llama.cpp "
-                f"wrote holds {tensor.data.nbytes}; export without --gptq"
-            )
-        old = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type)
-        before += output_error(old.reshape(weights.shape), weights, h)
-        new = dequantize_blocks(*blocks, half=GRIDS[kind])
-        after += output_error(new, weights, h)
-        tensor.data[...] = packed.reshape(tensor.data.shape)
-        rewritten += 1
-    reader.data.flush()
-    del reader
+    for (_, kind), tensors in groups.items():
+        parts = [np.asarray(tensor_data(source, source.tensor(t.name))) for t in tensors]
+        weights = np.concatenate([p.reshape(-1, p.shape[-1]) for p in parts]).astype(np.float64)
+        h = covariances.mean(tensors[0].name)
+        q, d = gptq_blocks(weights, h, GRIDS[kind])
+        new = dequantize_blocks(q, d, half=GRIDS[kind])
+        row = 0
+        for tensor in tensors:
+            data = tensor_data(target, tensor, writable=True)
+            rows = slice(row, row + data.shape[0])
+            row = rows.stop
+            packed = pack_blocks(q[rows], d[rows], half=GRIDS[kind])
+            if packed.nbytes != data.nbytes:  # a layout change in ggml would land here
+                raise CasseatError(
+                    f"{tensor.name}: {packed.nbytes} packed bytes, but the {kind} tensor "
+                    f"llama.cpp wrote holds {data.nbytes}; export without --gptq"
+                )
+            old = gguf.quants.dequantize(np.asarray(data), tensor.kind)
+            before += output_error(old.reshape(-1, weights.shape[1]), weights[rows], h)
+            after += output_error(new[rows], weights[rows], h)
+            data[...] = packed.reshape(data.shape)
+            data.flush()
+            rewritten += 1
     return {
         "method": "gptq",
         "tensors": rewritten,
@@ -147,25 +171,26 @@ def gptq_blocks(weights: np.ndarray, h: np.ndarray, half: int) -> tuple[np.ndarr
     h += DAMPING * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
     u = torch.linalg.cholesky(inverse, upper=True)  # row j: how column j's error spreads right
-    q = torch.zeros(rows, cols, dtype=torch.uint8)
+    # the column loop works on transposed blocks: one column is one contiguous row of 32 x rows
+    q = torch.zeros(cols, rows, dtype=torch.uint8)
     scales = torch.zeros(rows, cols // BLOCK, dtype=torch.float16)
     for start in range(0, cols, BLOCK):
         stop = start + BLOCK
-        block, errors = w[:, start:stop].clone(), torch.zeros(rows, BLOCK, dtype=w.dtype)
-        peak = torch.gather(block, 1, block.abs().argmax(1, keepdim=True))
+        block, errors = w[:, start:stop].T.contiguous(), torch.zeros(BLOCK, rows, dtype=w.dtype)
+        peak = torch.gather(block, 0, block.abs().argmax(0, keepdim=True))[0]
         d16 = (peak / -half).to(torch.float16)
-        scales[:, start // BLOCK] = d16[:, 0]
+        scales[:, start // BLOCK] = d16
         d = d16.to(w.dtype)
         inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
         for j in range(BLOCK):
-            column = block[:, j : j + 1]
+            column = block[j]
             level = torch.clamp(torch.floor(column * inv + half + 0.5), 0, 2 * half - 1)
-            q[:, start + j] = level[:, 0].to(torch.uint8)
+            q[start + j] = level.to(torch.uint8)
             error = (column - (level - half) * d) / u[start + j, start + j]
-            block[:, j:] -= error @ u[start + j : start + j + 1, start + j : stop]
-            errors[:, j : j + 1] = error
-        w[:, stop:] -= errors @ u[start:stop, stop:]
-    return q.numpy(), scales.numpy()
+            block[j:] -= torch.outer(u[start + j, start + j : stop], error)
+            errors[j] = error
+        w[:, stop:] -= errors.T @ u[start:stop, stop:]
+    return q.T.contiguous().numpy(), scales.numpy()
 
 
 def dequantize_blocks(q: np.ndarray, d: np.ndarray, half: int) -> np.ndarray:
