@@ -136,8 +136,8 @@ def _mapped(path: Path) -> Iterator[_Cursor]:
         if bytes(buf[:4]) != MAGIC:
             raise ValueError("no GGUF magic")
         yield _Cursor(buf)
-    except (struct.error, UnicodeDecodeError, OverflowError) as exc:
-        raise ValueError(str(exc)) from None
+    except (struct.error, UnicodeDecodeError, OverflowError, KeyError, RecursionError) as exc:
+        raise ValueError(f"{exc.__class__.__name__}: {exc}") from None
     finally:
         buf.close()
 
