@@ -48,8 +48,14 @@ if command -v npm >/dev/null 2>&1; then
     npm ci --prefix tests/js --no-audit --no-fund >/dev/null \
       || echo "note: npm ci in tests/js failed; the transformers.js test will skip" >&2
   fi
+  # node-llama-cpp for the test that runs our GGUF exports in it: --omit=optional leaves out its
+  # CUDA / Vulkan / other-platform builds (~650 MB); the Linux x64 CPU build is a direct dependency
+  if [ ! tests/node-llama-cpp/node_modules/.package-lock.json -nt tests/node-llama-cpp/package-lock.json ]; then
+    npm ci --prefix tests/node-llama-cpp --omit=optional --no-audit --no-fund >/dev/null \
+      || echo "note: npm ci in tests/node-llama-cpp failed (Linux x64 only); its test will skip" >&2
+  fi
 else
-  echo "note: npm not installed (needs Node.js 18+); the transformers.js test will skip" >&2
+  echo "note: npm not installed (needs Node.js 18+); the transformers.js and node-llama-cpp tests will skip" >&2
 fi
 
 "$PY" -c "import casseat_edge, llama_cpp, torch; print('casseat-edge', casseat_edge.__version__, \
