@@ -168,7 +168,9 @@ def read_gguf_header(path: str | Path, keys: Keys = "") -> GgufHeader:
         alignment = DEFAULT_ALIGNMENT
         for key, value in _fields(cursor, wanted):
             if key == "general.alignment":
-                alignment = int(value)
+                if not isinstance(value, int) or value <= 0:
+                    raise ValueError(f"general.alignment {value!r} is not a positive integer")
+                alignment = value
             if wanted(key):
                 fields[key] = value
         raw = []
