@@ -88,6 +88,7 @@ def test_cut_off_and_foreign_files_are_value_errors(files, tmp_path) -> None:
         ("empty.gguf", b"", "shorter than a GGUF header"),
         ("text.gguf", b"not a gguf at all, just some words", "no GGUF magic"),
         ("header.gguf", data[:5000], "runs past the end of the file"),
+        ("big-endian.gguf", data[:4] + (3).to_bytes(4, "big") + data[8:], "GGUF version 50331648"),
         ("tensors.gguf", data[: len(data) // 2], "runs past the end of the file"),
     ]:
         (tmp_path / name).write_bytes(content)

@@ -26,6 +26,7 @@ import numpy as np
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+VERSIONS = (2, 3)
 # GGUF value type -> struct format of the fixed-size ones (8: string, 9: array)
 SCALARS = {
     0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
@@ -74,8 +75,10 @@ class _Cursor:
 
     def __init__(self, buf: Any) -> None:
         self.buf, self.pos = buf, 4
-        self.version, self.n_tensors = self.scalar("<I"), self.scalar("<Q")
-        self.n_kv = self.scalar("<Q")
+        self.version = self.scalar("<I")
+        if self.version not in VERSIONS:  # a big-endian file reads as 0x03000000 here
+            raise ValueError(f"GGUF version {self.version} (little-endian 2 and 3 are read)")
+        self.n_tensors, self.n_kv = self.scalar("<Q"), self.scalar("<Q")
 
     def take(self, n: int) -> int:
         if n < 0 or self.pos + n > len(self.buf):
