@@ -213,6 +213,52 @@ def test_gptq_blocks_pack_to_ggml_bytes_and_beat_rounding_on_correlated_inputs(h
     assert output_error(ours, weights, h) < 0.8 * output_error(nearest, weights, h)
 
 
+def _gptq_by_the_book(weights: np.ndarray, h: np.ndarray, half: int):
+    """GPTQ written plainly on [rows, columns] (the form gptq_blocks had before it moved to
+    transposed blocks): one column at a time, its error spread right by the Cholesky factor."""
+    w, h = torch.from_numpy(weights.copy()), torch.from_numpy(h.copy())
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += 0.01 * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros(rows, cols, dtype=torch.uint8)
+    scales = torch.zeros(rows, cols // 32, dtype=torch.float16)
+    for start in range(0, cols, 32):
+        stop = start + 32
+        block, errors = w[:, start:stop].clone(), torch.zeros(rows, 32, dtype=w.dtype)
+        peak = torch.gather(block, 1, block.abs().argmax(1, keepdim=True))
+        d16 = (peak / -half).to(torch.float16)
+        scales[:, start // 32] = d16[:, 0]
+        d = d16.to(w.dtype)
+        inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
+        for j in range(32):
+            column = block[:, j : j + 1]
+            level = torch.clamp(torch.floor(column * inv + half + 0.5), 0, 2 * half - 1)
+            q[:, start + j] = level[:, 0].to(torch.uint8)
+            error = (column - (level - half) * d) / u[start + j, start + j]
+            block[:, j:] -= error @ u[start + j : start + j + 1, start + j : stop]
+            errors[:, j : j + 1] = error
+        w[:, stop:] -= errors @ u[start:stop, stop:]
+    return q.numpy(), scales.numpy()
+
+
+@pytest.mark.parametrize(("rows", "cols", "half"), [(96, 160, 16), (40, 96, 8)])
+def test_gptq_blocks_equal_the_plain_algorithm_bit_for_bit(rows, cols, half):
+    from export.gguf.gptq import gptq_blocks
+
+    rng = np.random.default_rng(rows)
+    weights = rng.normal(size=(rows, cols)) * 0.05
+    x = rng.normal(size=(400, cols)) @ (rng.normal(size=(cols, cols)) * 0.3 + np.eye(cols))
+    x[:, 5] = 0.0  # a dead input column
+    h = x.T @ x / len(x)
+    q, d = gptq_blocks(weights, h, half)
+    q_ref, d_ref = _gptq_by_the_book(weights, h, half)
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(d, d_ref)
+
+
 def test_gptq_rows_are_independent_so_stacked_tensors_round_as_each_alone():
     """gptq_rewrite stacks the rows of tensors that share an input (q/k/v) into one problem:
     bit for bit what each tensor alone would get."""

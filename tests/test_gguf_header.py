@@ -32,6 +32,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def _same(a, b) -> bool:
+    if type(a) is not type(b):  # 1 == 1.0 == True would hide a wrong type
+        return False
     if isinstance(a, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b or (isinstance(a, float) and np.isclose(a, b))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import mmap
 import struct
 from collections.abc import Callable, Iterator
@@ -53,14 +54,14 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.dims, dtype=np.int64))
+        return math.prod(self.dims)
 
 
 @dataclasses.dataclass
 class GgufHeader:
     path: Path
     version: int
-    fields: dict[str, Any]  # only the keys asked for; arrays as lists
+    fields: dict[str, Any]  # only the keys asked for; arrays as (nested) lists
     tensors: list[TensorInfo]
 
     def tensor(self, name: str) -> TensorInfo:
@@ -168,10 +169,14 @@ def read_gguf_header(path: str | Path, keys: Keys = "") -> GgufHeader:
     path, wanted = Path(path), _wanted(keys)
     with _mapped(path) as cursor:
         fields: dict[str, Any] = {}
+        seen: set[str] = set()
         alignment = DEFAULT_ALIGNMENT
         for key, value in _fields(cursor, wanted):
+            if key in seen:  # GGUFReader keeps a repeated key's first value
+                continue
+            seen.add(key)
             if key == "general.alignment":
-                if not isinstance(value, int) or value <= 0:
+                if type(value) is not int or value <= 0:
                     raise ValueError(f"general.alignment {value!r} is not a positive integer")
                 alignment = value
             if wanted(key):
@@ -186,10 +191,12 @@ def read_gguf_header(path: str | Path, keys: Keys = "") -> GgufHeader:
         for name, dims, type_id, offset in raw:
             kind = GGMLQuantizationType(type_id)
             block, size = GGML_QUANT_SIZES[kind]
-            n_bytes = int(np.prod(dims, dtype=np.int64)) // block * size
+            n_bytes = math.prod(dims) // block * size  # Python ints: no wrap-around
             if start + offset + n_bytes > len(cursor.buf):
                 raise ValueError(f"tensor {name} runs past the end of the file")
             tensors.append(TensorInfo(name, dims, kind, start + offset, n_bytes))
+        if len({t.name for t in tensors}) != len(tensors):
+            raise ValueError("two tensors share a name")
         return GgufHeader(path, cursor.version, fields, tensors)
 
 

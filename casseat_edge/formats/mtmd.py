@@ -552,7 +552,7 @@ def gguf_context_length(path: Path) -> int:
         for key, value in scan_gguf_fields(path, _arch_or_context):
             if key == "general.architecture" and isinstance(value, str):
                 arch = value
-            elif arch and key == f"{arch}.context_length" and isinstance(value, int):
+            elif arch and key == f"{arch}.context_length" and type(value) is int:
                 return value
     except ValueError as exc:
         raise ModelSpecError(

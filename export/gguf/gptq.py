@@ -22,6 +22,7 @@ full-precision weights. Every other type (K-quants, q8_0) is left as llama.cpp r
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,7 @@ def gptq_rewrite(
         row = 0
         for tensor in tensors:
             data = tensor_data(target, tensor, writable=True)
-            rows = slice(row, row + data.shape[0])
+            rows = slice(row, row + math.prod(data.shape[:-1]))  # 3-D tensors: rows of all
             row = rows.stop
             packed = pack_blocks(q[rows], d[rows], half=GRIDS[kind])
             if packed.nbytes != data.nbytes:  # a layout change in ggml would land here
