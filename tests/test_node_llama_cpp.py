@@ -82,11 +82,14 @@ def test_node_llama_cpp_reads_our_gguf_as_our_backend_does(model: str, quant: st
     try:
         conversation = Conversation(engine)
         ours = conversation.turn(messages, None, None, MAX_TOKENS)
+        prompt, reply = (
+            conversation.ids[: ours.prompt_tokens],
+            conversation.ids[ours.prompt_tokens :],
+        )
+        while reply and engine.is_stop(reply[-1]):  # node stops before the end-of-generation token
+            reply = reply[:-1]
     finally:
         engine.close()
-    prompt = conversation.ids[: ours.prompt_tokens]
-    reply = conversation.ids[ours.prompt_tokens :]
-    reply = reply[:-1] if ours.stop_reason == "stop" else reply  # node stops before the EOG token
     flat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])}
             for m in messages]  # fmt: skip
     answer = run_client({"model": str(text_gguf), "texts": TEXTS, "messages": flat,

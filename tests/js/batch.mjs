@@ -1,0 +1,48 @@
+// Greedy generation in transformers.js (Node) for many prompts on one loaded export, for
+// benchmarks/transformersjs_student.py:  node batch.mjs REQUEST.json  -> one JSON document.
+// The request names the export directory and its transformers.js dtype, the number of new tokens,
+// and items: our prompt ids (and, for a vision model, our pixel tensors as raw files). The answer
+// holds, per item, the generated ids and the milliseconds `generate` took.
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+
+import { AutoModelForCausalLM, AutoModelForVision2Seq, Tensor, env } from '@huggingface/transformers';
+
+env.allowRemoteModels = false; // everything from the export directory, never the Hub
+
+const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const modelDir = path.resolve(request.model_dir);
+env.localModelPath = path.dirname(modelDir);
+const modelId = path.basename(modelDir);
+
+function rawTensor(spec, type) {
+    const bytes = readFileSync(spec.file);
+    const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength).slice();
+    const data = type === 'bool' ? view : new Float32Array(view.buffer);
+    return new Tensor(type, data, spec.dims);
+}
+
+const options = { dtype: request.dtype, device: 'cpu' };
+const vision = request.items.some((item) => item.pixel_values);
+const load = performance.now();
+const model = vision
+    ? await AutoModelForVision2Seq.from_pretrained(modelId, options)
+    : await AutoModelForCausalLM.from_pretrained(modelId, options);
+const loadMs = performance.now() - load;
+const results = [];
+for (const item of request.items) {
+    const n = item.input_ids.length;
+    const inputs = {
+        input_ids: new Tensor('int64', BigInt64Array.from(item.input_ids, BigInt), [1, n]),
+        attention_mask: new Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
+    };
+    if (item.pixel_values) {
+        inputs.pixel_values = rawTensor(item.pixel_values, 'float32');
+        inputs.pixel_attention_mask = rawTensor(item.pixel_attention_mask, 'bool');
+    }
+    const start = performance.now();
+    const output = await model.generate({ ...inputs, do_sample: false, max_new_tokens: request.max_new_tokens });
+    const ms = performance.now() - start;
+    results.push({ ids: Array.from(output.data, Number).slice(n), ms });
+}
+process.stdout.write(JSON.stringify({ load_ms: loadMs, results }) + '\n');
