@@ -50,7 +50,7 @@ class PipelineConfig(StageConfig):
         True,
         "re-round the q5_0 / q4_0 tensors of the quantized GGUFs with GPTQ, calibrated on the "
         "student's training samples (q4_k_m of the 135M student: f16's accuracy on the 187 "
-        "held-out problems, where llama.cpp's rounding loses 7 points; about 80 s per file; "
+        "held-out problems, where llama.cpp's rounding loses 7 points; under a minute per file; "
         "not in --fast, which stays CI-sized); --no-gptq: llama.cpp's rounding",
     )
     onnx_quants: tuple[str, ...] = option(
