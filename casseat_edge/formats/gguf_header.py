@@ -1,7 +1,7 @@
 """A GGUF's metadata and tensor table, read fast, and numpy views of its tensors.
 
 The gguf package's `GGUFReader` builds a numpy view for every part of every field: on SmolLM2's
-49k-token vocabulary (tokens, merges, types) that is ~2.5 s per open, and one GPTQ export opened
+49k-token vocabulary (tokens, merges, types) that is ~2 s per open, and one GPTQ export opened
 the text model seven times. This reads the header with `struct` on a memory map, decodes only the
 metadata keys asked for, and is checked field for field against `GGUFReader` in
 tests/test_gguf_header.py.
@@ -157,7 +157,9 @@ def scan_gguf_fields(path: str | Path, keys: Keys) -> Iterator[tuple[str, Any]]:
     """The metadata fields of a GGUF in file order, decoded where `keys` wants them (None
     otherwise); stop iterating to stop reading (`llama.context_length` is near the top)."""
     with _mapped(Path(path)) as cursor:
-        yield from _fields(cursor, _wanted(keys))
+        wanted = _wanted(keys)
+        for key, value in _fields(cursor, wanted):
+            yield key, value if wanted(key) else None  # general.alignment is always decoded
 
 
 def read_gguf_header(path: str | Path, keys: Keys = "") -> GgufHeader:

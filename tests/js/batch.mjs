@@ -6,7 +6,9 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
-import { AutoModelForCausalLM, AutoModelForVision2Seq, Tensor, env } from '@huggingface/transformers';
+import { AutoModelForCausalLM, AutoModelForVision2Seq, env } from '@huggingface/transformers';
+
+import { promptTensors, rawTensor } from './tensors.mjs';
 
 env.allowRemoteModels = false; // everything from the export directory, never the Hub
 
@@ -14,13 +16,6 @@ const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const modelDir = path.resolve(request.model_dir);
 env.localModelPath = path.dirname(modelDir);
 const modelId = path.basename(modelDir);
-
-function rawTensor(spec, type) {
-    const bytes = readFileSync(spec.file);
-    const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength).slice();
-    const data = type === 'bool' ? view : new Float32Array(view.buffer);
-    return new Tensor(type, data, spec.dims);
-}
 
 const options = { dtype: request.dtype, device: 'cpu' };
 const vision = request.items.some((item) => item.pixel_values);
@@ -32,10 +27,7 @@ const loadMs = performance.now() - load;
 const results = [];
 for (const item of request.items) {
     const n = item.input_ids.length;
-    const inputs = {
-        input_ids: new Tensor('int64', BigInt64Array.from(item.input_ids, BigInt), [1, n]),
-        attention_mask: new Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]),
-    };
+    const inputs = promptTensors(item.input_ids);
     if (item.pixel_values) {
         inputs.pixel_values = rawTensor(item.pixel_values, 'float32');
         inputs.pixel_attention_mask = rawTensor(item.pixel_attention_mask, 'bool');

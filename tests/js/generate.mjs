@@ -15,9 +15,10 @@ import {
     AutoProcessor,
     AutoTokenizer,
     RawImage,
-    Tensor,
     env,
 } from '@huggingface/transformers';
+
+import { promptTensors, rawTensor } from './tensors.mjs';
 
 env.allowRemoteModels = false; // everything from the export directory, never the Hub
 
@@ -28,13 +29,6 @@ const modelId = path.basename(modelDir);
 
 const ids = (tensor) => Array.from(tensor.data, Number);
 
-function rawTensor(spec, type) {
-    const bytes = readFileSync(spec.file);
-    const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength).slice();
-    const data = type === 'bool' ? view : new Float32Array(view.buffer);
-    return new Tensor(type, data, spec.dims);
-}
-
 async function greedy(model, inputs) {
     const promptLength = inputs.input_ids.dims.at(-1);
     const output = await model.generate({
@@ -43,14 +37,6 @@ async function greedy(model, inputs) {
         max_new_tokens: request.max_new_tokens,
     });
     return ids(output).slice(promptLength);
-}
-
-function promptTensors(promptIds) {
-    const data = BigInt64Array.from(promptIds, BigInt);
-    return {
-        input_ids: new Tensor('int64', data, [1, promptIds.length]),
-        attention_mask: new Tensor('int64', new BigInt64Array(promptIds.length).fill(1n), [1, promptIds.length]),
-    };
 }
 
 const options = { dtype: request.dtype, device: 'cpu' };
